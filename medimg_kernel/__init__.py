@@ -1,0 +1,55 @@
+"""medimg_kernel: the library every platform kernel imports.
+
+Everyday names are importable from the top level; heavy modules (highdicom,
+torch) load only when first used.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from .errors import (
+    AccessDeniedError,
+    ConfigurationError,
+    DicomFileError,
+    DICOMwebError,
+    MedImgError,
+    MixedSeriesError,
+    NotAnImageError,
+    NotFoundError,
+    PixelDataError,
+    ReportError,
+    SegmentationError,
+    SeriesError,
+    SeriesGeometryError,
+)
+from .volume import Volume
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "connect": "client",
+    "DICOMwebHTTPClient": "client",
+    "DICOMfolderClient": "client",
+    "DICOMwebProtocol": "dicomweb",
+    "read_series": "series",
+    "write_seg": "segmentation",
+    "read_seg": "segmentation",
+    "write_sr": "report",
+    "read_sr": "report",
+}
+
+__all__ = [
+    "AccessDeniedError", "ConfigurationError", "DicomFileError", "DICOMwebError", "MedImgError",
+    "MixedSeriesError", "NotAnImageError", "NotFoundError", "PixelDataError", "ReportError",
+    "SegmentationError", "SeriesError", "SeriesGeometryError", "Volume", *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'medimg_kernel' has no attribute {name!r}")

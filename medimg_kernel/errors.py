@@ -1,0 +1,104 @@
+"""Exceptions raised by medimg_kernel.
+
+Every error has one root, :class:`MedImgError`, and also inherits the built-in
+exception it specialises (``ValueError``, ``LookupError``, ...), so callers can
+catch either.  Errors carry structured fields (the file, the series, the HTTP
+status) and their message says what is wrong and, where possible, how to fix it.
+Messages never contain patient names or other identifying attributes: only
+file paths, UIDs and technical values.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+
+
+class MedImgError(Exception):
+    """Root of every error raised by the platform's own code."""
+
+
+class ConfigurationError(MedImgError, ValueError):
+    """A setting or argument is missing or invalid; the message names it."""
+
+
+class DicomFileError(MedImgError, ValueError):
+    """A single DICOM file or dataset cannot be read or is not usable.
+
+    Attributes
+    ----------
+    path
+        The file (or a description such as ``"dataset 3 of series 1.2.3"``).
+    reason
+        What is wrong, in words.
+    """
+
+    def __init__(self, path: str | PathLike[str], reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class SeriesError(MedImgError, ValueError):
+    """A series cannot be assembled into a volume.
+
+    Attributes
+    ----------
+    series_instance_uid
+        The SeriesInstanceUID concerned (``"<unknown>"`` if it could not be read).
+    reason
+        What is wrong, in words, naming the offending instances or positions.
+    """
+
+    def __init__(self, series_instance_uid: str | None, reason: str) -> None:
+        self.series_instance_uid = series_instance_uid or "<unknown>"
+        self.reason = reason
+        super().__init__(f"series {self.series_instance_uid}: {reason}")
+
+
+class MixedSeriesError(SeriesError):
+    """Instances of several series, orientations, sizes or modalities were mixed."""
+
+
+class SeriesGeometryError(SeriesError):
+    """Slice positions are inconsistent: missing slices, duplicates, uneven spacing."""
+
+
+class NotAnImageError(SeriesError):
+    """An instance carries no image (e.g. an SR, a SEG or a presentation state)."""
+
+
+class PixelDataError(SeriesError):
+    """Pixel data is missing, truncated or cannot be decoded."""
+
+
+class SegmentationError(MedImgError, ValueError):
+    """A segmentation cannot be written or read (shape, geometry, segments)."""
+
+
+class ReportError(MedImgError, ValueError):
+    """A structured report cannot be written or read."""
+
+
+class DICOMwebError(MedImgError, RuntimeError):
+    """A DICOMweb request failed.
+
+    Attributes
+    ----------
+    status
+        The HTTP status code, or ``None`` when no response arrived.
+    url
+        The request URL without credentials.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, url: str = "") -> None:
+        self.status = status
+        self.url = url
+        super().__init__(message)
+
+
+class NotFoundError(DICOMwebError, LookupError):
+    """The requested study, series or instance does not exist (HTTP 404)."""
+
+
+class AccessDeniedError(DICOMwebError, PermissionError):
+    """The server refused the request (HTTP 401 or 403)."""

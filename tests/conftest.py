@@ -1,0 +1,75 @@
+"""Shared test fixtures.
+
+Fixtures
+--------
+strict_pydicom
+    Switches pydicom to raise on invalid values while writing (as highdicom's tests do),
+    restoring the previous mode afterwards.
+assert_valid_dicom
+    ``assert_valid_dicom(dataset_or_path)`` writes the dataset if needed and runs
+    ``dciodvfy`` (Debian dicom3tools) on it; fails the test on any line starting with
+    ``Error`` (dciodvfy's exit code is not reliable, DESIGN.md §6).
+write_and_read
+    ``write_and_read(dataset)`` saves to a temporary file and reads it back with pydicom.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+
+@pytest.fixture
+def strict_pydicom() -> Iterator[None]:
+    with pydicom.config.strict_reading():
+        previous = pydicom.config.settings.writing_validation_mode
+        pydicom.config.settings.writing_validation_mode = pydicom.config.RAISE
+        try:
+            yield
+        finally:
+            pydicom.config.settings.writing_validation_mode = previous
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """Lines of dciodvfy's report that start with ``Error``."""
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        pytest.fail("dciodvfy not found: run scripts/bootstrap.sh (Debian package dicom3tools)")
+    proc = subprocess.run([exe, "-new", str(path)], capture_output=True, text=True, timeout=120)
+    if proc.returncode < 0 or proc.returncode >= 128:
+        pytest.fail(f"dciodvfy crashed (rc {proc.returncode}) on {path}:\n{proc.stderr[-2000:]}")
+    return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.fixture
+def assert_valid_dicom(tmp_path: Path) -> Callable[[Dataset | Path], None]:
+    counter = iter(range(1_000_000))
+
+    def check(item: Dataset | Path) -> None:
+        if isinstance(item, Dataset):
+            path = tmp_path / f"dciodvfy-{next(counter)}.dcm"
+            item.save_as(path, enforce_file_format=True)
+        else:
+            path = Path(item)
+        errors = dciodvfy_errors(path)
+        assert not errors, f"dciodvfy found {len(errors)} errors in {path}:\n" + "\n".join(errors)
+
+    return check
+
+
+@pytest.fixture
+def write_and_read(tmp_path: Path) -> Callable[[Dataset], Dataset]:
+    counter = iter(range(1_000_000))
+
+    def round_trip(ds: Dataset) -> Dataset:
+        path = tmp_path / f"roundtrip-{next(counter)}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        return pydicom.dcmread(path)
+
+    return round_trip
