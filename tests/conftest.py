@@ -19,10 +19,14 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+
+if TYPE_CHECKING:
+    from medimg_hub.orthanc import OrthancServer
 
 
 @pytest.fixture
@@ -73,3 +77,23 @@ def write_and_read(tmp_path: Path) -> Callable[[Dataset], Dataset]:
         return pydicom.dcmread(path)
 
     return round_trip
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator["OrthancServer"]:
+    """A real Orthanc with the DICOMweb plugin, on a free loopback port, for the whole session.
+
+    State lives in a temporary ``var/``; the process is stopped at the end even when tests fail.
+    """
+    from medimg_hub.orthanc import OrthancServer
+    from medimg_hub.process import free_port
+    from medimg_hub.settings import PacsSettings, PlatformSettings, Settings
+
+    var_dir = tmp_path_factory.mktemp("var")
+    settings = Settings(platform=PlatformSettings(var_dir=var_dir), pacs=PacsSettings(http_port=free_port()))
+    server = OrthancServer(settings)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,157 @@
+"""The operator's settings: one TOML file, every key documented, every key optional.
+
+The file is ``medimg.toml`` in the repository root unless ``--config`` or the
+``MEDIMG_CONFIG`` environment variable names another; ``medimg config`` prints
+the effective values. Settings are read once, at the command line's entry, and
+passed down; no library code reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medimg_kernel.errors import ConfigurationError
+
+#: The repository root (``hub/medimg_hub/settings.py`` → three levels up).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG_FILE = REPO_ROOT / "medimg.toml"
+CONFIG_ENV_VAR = "MEDIMG_CONFIG"
+
+
+@dataclass(frozen=True)
+class PlatformSettings:
+    """Where the platform keeps its state and which address it serves on."""
+
+    #: Folder for run-time state (PACS storage, databases, logs, pid files, secrets);
+    #: relative paths are relative to the settings file's folder.
+    var_dir: Path = Path("var")
+    #: Address every service binds to. Keep 127.0.0.1 unless a reverse proxy with TLS is in front.
+    bind_host: str = "127.0.0.1"
+    #: Seconds to wait for a service to answer after it was started.
+    start_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class PacsSettings:
+    """The embedded Orthanc PACS (Debian packages orthanc, orthanc-dicomweb)."""
+
+    #: Orthanc's HTTP port (REST and DICOMweb). Orthanc 1.10 cannot bind to one address:
+    #: it listens on all interfaces and refuses non-loopback clients (RemoteAccessAllowed=false).
+    http_port: int = 8042
+    #: DICOM (DIMSE) port; 0 turns the DICOM server off (the default: DICOMweb only).
+    dicom_port: int = 0
+    #: Orthanc's DICOM application entity title.
+    aet: str = "MEDIMG"
+    #: The Orthanc executable and the folder with its plugins (Debian's locations).
+    executable: str = "/usr/sbin/Orthanc"
+    plugins_dir: Path = Path("/usr/share/orthanc/plugins")
+    #: HTTP worker threads of Orthanc.
+    http_threads: int = 20
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Synthetic demo sites loaded by ``medimg up --demo``."""
+
+    n_sites: int = 3
+    studies_per_site: int = 4
+    #: Seed of the phantom generator; the same seed gives the same studies and UIDs.
+    seed: int = 20261122
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the platform, grouped as in ``medimg.toml``."""
+
+    platform: PlatformSettings = field(default_factory=PlatformSettings)
+    pacs: PacsSettings = field(default_factory=PacsSettings)
+    demo: DemoSettings = field(default_factory=DemoSettings)
+    #: The folder relative paths are resolved against (the settings file's folder).
+    base_dir: Path = REPO_ROOT
+
+    @property
+    def var_dir(self) -> Path:
+        """Absolute run-time state folder."""
+        path = self.platform.var_dir
+        return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values for display (paths as strings)."""
+        out = dataclasses.asdict(self)
+        out.pop("base_dir")
+        return _stringify(out)
+
+
+def _stringify(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _stringify(v) for k, v in value.items()}
+    return str(value) if isinstance(value, Path) else value
+
+
+def _build(cls: type, section: str, raw: dict[str, Any]) -> Any:
+    """Instantiate a settings dataclass from a TOML table, refusing unknown keys and wrong types."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown key(s) {unknown} in [{section}]; valid keys are {sorted(known)}"
+        )
+    values: dict[str, Any] = {}
+    defaults = cls()
+    for key, value in raw.items():
+        expected = type(getattr(defaults, key))
+        if isinstance(getattr(defaults, key), Path):
+            if not isinstance(value, str):
+                raise ConfigurationError(f"[{section}] {key} must be a path string, got {value!r}")
+            value = Path(value)
+        elif expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigurationError(
+                f"[{section}] {key} must be of type {expected.__name__}, got {value!r}"
+            )
+        values[key] = value
+    return cls(**values)
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Read the settings file; a missing default file gives all defaults.
+
+    Parameters
+    ----------
+    path
+        The TOML file. ``None`` means the repository's ``medimg.toml``; a path
+        given explicitly must exist.
+    """
+    explicit = path is not None
+    file = Path(path) if path is not None else DEFAULT_CONFIG_FILE
+    if not file.exists():
+        if explicit:
+            raise ConfigurationError(f"settings file {file} does not exist")
+        return Settings()
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"settings file {file} is not valid TOML: {exc}") from exc
+    sections = {"platform": PlatformSettings, "pacs": PacsSettings, "demo": DemoSettings}
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise ConfigurationError(f"unknown section(s) {unknown} in {file}; valid: {sorted(sections)}")
+    built = {name: _build(cls, name, raw.get(name, {})) for name, cls in sections.items()}
+    _validate(built["pacs"], built["demo"])
+    return Settings(**built, base_dir=file.resolve().parent)
+
+
+def _validate(pacs: PacsSettings, demo: DemoSettings) -> None:
+    for name, port in (("http_port", pacs.http_port), ("dicom_port", pacs.dicom_port)):
+        if not 0 <= port <= 65535 or (name == "http_port" and port == 0):
+            raise ConfigurationError(f"[pacs] {name}={port} is not a valid TCP port")
+    if not 1 <= len(pacs.aet) <= 16:
+        raise ConfigurationError(f"[pacs] aet={pacs.aet!r} must be 1-16 characters")
+    if demo.n_sites < 1 or demo.studies_per_site < 1:
+        raise ConfigurationError("[demo] n_sites and studies_per_site must be at least 1")

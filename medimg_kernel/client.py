@@ -1,0 +1,307 @@
+"""DICOMweb clients: a DICOMweb server over HTTP, or a local folder, behind one protocol.
+
+Both implement :class:`medimg_kernel.dicomweb.DICOMwebProtocol`. The HTTP client
+wraps dicomweb-client's ``DICOMwebClient``; authentication is injected as a
+``requests.Session`` (never stored in the client), and HTTP failures become
+:class:`~medimg_kernel.errors.DICOMwebError` subclasses that say which request
+failed and why. Retrieval streams (``iter_*``) with a large chunk size and asks
+for the stored transfer syntax, so nothing is transcoded on the server.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import requests
+from dicomweb_client import DICOMfileClient, DICOMwebClient
+from pydicom.dataset import Dataset
+
+from .dicomweb import DicomJSON
+from .errors import AccessDeniedError, ConfigurationError, DICOMwebError, NotFoundError
+from .multipart import boundary_from_content_type, dataset_from_part, iter_parts
+
+log = logging.getLogger(__name__)
+
+#: Environment variables read by :func:`connect` (set in every platform user server).
+URL_ENV_VAR = "MEDIMG_DICOMWEB_URL"
+TOKEN_ENV_VAR = "JUPYTERHUB_API_TOKEN"
+
+#: Bytes read from the socket at a time when streaming WADO-RS responses.
+STREAM_CHUNK_BYTES = 8 * 1024 * 1024
+#: Ask for instances as stored: no transcoding on the server.
+STORED_TRANSFER_SYNTAX = (("application/dicom", "*"),)
+ACCEPT_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+#: Attempts and exponential back-off base (ms) for QIDO/STOW requests that fail transiently.
+RETRY_ATTEMPTS = 3
+RETRY_BACKOFF_MS = 100
+#: Seconds: (connect, read) timeouts of every request.
+DEFAULT_TIMEOUT_S = (5.0, 300.0)
+
+T = TypeVar("T")
+
+#: A DICOM UID (PS3.5 §9.1): digits and dots, at most 64 characters.
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def _translate_errors(method: Callable[..., T]) -> Callable[..., T]:
+    """Turn requests' exceptions into DICOMwebError subclasses naming the transaction."""
+
+    @functools.wraps(method)
+    def wrapper(self: DICOMwebHTTPClient, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except requests.HTTPError as exc:
+            raise _http_error(method.__name__, self.url, exc) from exc
+        except requests.RequestException as exc:
+            raise DICOMwebError(
+                f"{method.__name__}: cannot reach the DICOMweb server at {self.url}: {exc}", url=self.url
+            ) from exc
+
+    return wrapper
+
+
+def _http_error(transaction: str, url: str, exc: requests.HTTPError) -> DICOMwebError:
+    status = exc.response.status_code if exc.response is not None else None
+    detail = ""
+    if exc.response is not None and exc.response.text:
+        detail = ": " + exc.response.text.strip().splitlines()[0][:200]
+    message = f"{transaction} failed with HTTP {status} from {url}{detail}"
+    if status == 404:
+        return NotFoundError(message, status=status, url=url)
+    if status in (401, 403):
+        hint = " (check the token or credentials, and that your group is granted this dataset)"
+        return AccessDeniedError(message + hint, status=status, url=url)
+    return DICOMwebError(message, status=status, url=url)
+
+
+class DICOMwebHTTPClient:
+    """A DICOMweb origin server (the platform gateway, Orthanc, any PACS) over HTTP.
+
+    Parameters
+    ----------
+    url
+        Base URL of the DICOMweb service, e.g. ``http://127.0.0.1:8042/dicom-web``.
+    session
+        A ``requests.Session`` carrying authentication (basic auth, a bearer or
+        JupyterHub token header). The client does not modify it.
+    timeout
+        ``(connect, read)`` timeouts in seconds.
+    """
+
+    def __init__(
+        self, url: str, *, session: requests.Session | None = None,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._session = session or requests.Session()
+        self._timeout = timeout
+        self._client = DICOMwebClient(
+            self.url, session=self._session, chunk_size=STREAM_CHUNK_BYTES, timeout=timeout
+        )
+        # dicomweb-client retries failed requests (and refused connections) with exponential
+        # back-off of 1 s × 2^n, 30 s in all; keep retries for 429/503 but fail fast.
+        self._client.set_http_retry_params(
+            retry=True, max_attempts=RETRY_ATTEMPTS, wait_exponential_multiplier=RETRY_BACKOFF_MS
+        )
+
+    def __repr__(self) -> str:
+        return f"DICOMwebHTTPClient({self.url!r})"
+
+    @_translate_errors
+    def search_for_studies(self, *, search_filters: dict[str, Any] | None = None,
+                           fields: Sequence[str] | None = None, limit: int | None = None,
+                           offset: int | None = None) -> list[DicomJSON]:
+        return self._client.search_for_studies(
+            search_filters=search_filters, fields=fields, limit=limit, offset=offset
+        )
+
+    @_translate_errors
+    def search_for_series(self, study_instance_uid: str | None = None, *,
+                          search_filters: dict[str, Any] | None = None, fields: Sequence[str] | None = None,
+                          limit: int | None = None, offset: int | None = None) -> list[DicomJSON]:
+        return self._client.search_for_series(
+            study_instance_uid, search_filters=search_filters, fields=fields, limit=limit, offset=offset
+        )
+
+    @_translate_errors
+    def search_for_instances(self, study_instance_uid: str | None = None,
+                             series_instance_uid: str | None = None, *,
+                             search_filters: dict[str, Any] | None = None, fields: Sequence[str] | None = None,
+                             limit: int | None = None, offset: int | None = None) -> list[DicomJSON]:
+        return self._client.search_for_instances(
+            study_instance_uid, series_instance_uid, search_filters=search_filters, fields=fields,
+            limit=limit, offset=offset,
+        )
+
+    def retrieve_series(self, study_instance_uid: str, series_instance_uid: str) -> list[Dataset]:
+        return list(self.iter_series(study_instance_uid, series_instance_uid))
+
+    def iter_series(self, study_instance_uid: str, series_instance_uid: str) -> Iterator[Dataset]:
+        return self._stream("iter_series", f"/studies/{study_instance_uid}/series/{series_instance_uid}")
+
+    def retrieve_study(self, study_instance_uid: str) -> list[Dataset]:
+        return list(self._stream("retrieve_study", f"/studies/{study_instance_uid}"))
+
+    def retrieve_instance(self, study_instance_uid: str, series_instance_uid: str,
+                          sop_instance_uid: str) -> Dataset:
+        path = f"/studies/{study_instance_uid}/series/{series_instance_uid}/instances/{sop_instance_uid}"
+        found = list(self._stream("retrieve_instance", path))
+        if len(found) != 1:
+            raise DICOMwebError(f"retrieve_instance: expected one instance, got {len(found)}", url=self.url)
+        return found[0]
+
+    @_translate_errors
+    def retrieve_series_metadata(self, study_instance_uid: str, series_instance_uid: str) -> list[DicomJSON]:
+        return self._client.retrieve_series_metadata(study_instance_uid, series_instance_uid)
+
+    @_translate_errors
+    def store_instances(self, datasets: Sequence[Dataset], study_instance_uid: str | None = None) -> Dataset:
+        if not datasets:
+            raise ConfigurationError("store_instances needs at least one dataset")
+        return self._client.store_instances(list(datasets), study_instance_uid)
+
+    def _stream(self, name: str, path: str) -> Iterator[Dataset]:
+        """GET a WADO-RS resource and yield its instances while the response arrives."""
+        for uid in path.split("/"):
+            if uid and uid not in ("studies", "series", "instances") and (len(uid) > 64 or not _UID.fullmatch(uid)):
+                raise ConfigurationError(f"{name}: {uid!r} is not a valid DICOM UID")
+        url = self.url + path
+        try:
+            response = self._session.get(url, headers={"Accept": ACCEPT_STORED}, stream=True, timeout=self._timeout)
+            with response:
+                if response.status_code >= 400:
+                    response.raise_for_status()
+                boundary = boundary_from_content_type(response.headers.get("Content-Type", ""))
+                response.raw.decode_content = True
+                for index, body in enumerate(iter_parts(response.raw, boundary, STREAM_CHUNK_BYTES)):
+                    yield dataset_from_part(body, index)
+        except requests.HTTPError as exc:
+            raise _http_error(name, self.url, exc) from exc
+        except requests.RequestException as exc:
+            raise DICOMwebError(f"{name}: cannot reach the DICOMweb server at {self.url}: {exc}",
+                                url=self.url) from exc
+
+
+class DICOMfolderClient:
+    """A local folder of DICOM files, served with the same verbs as a DICOMweb server.
+
+    Wraps dicomweb-client's ``DICOMfileClient`` (which indexes the folder in a
+    SQLite database). Useful offline, in tests and at a federated site that keeps
+    its images as files.
+
+    Parameters
+    ----------
+    folder
+        The folder; files are indexed recursively. Stored instances are written into it.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], *, readonly: bool = False) -> None:
+        self.folder = Path(folder).resolve()
+        if not self.folder.is_dir():
+            raise ConfigurationError(f"DICOM folder {self.folder} does not exist or is not a folder")
+        self.url = self.folder.as_uri()
+        self._client = DICOMfileClient(self.url, update_db=True, in_memory=True, readonly=readonly)
+
+    def __repr__(self) -> str:
+        return f"DICOMfolderClient({str(self.folder)!r})"
+
+    def search_for_studies(self, *, search_filters: dict[str, Any] | None = None,
+                           fields: Sequence[str] | None = None, limit: int | None = None,
+                           offset: int | None = None) -> list[DicomJSON]:
+        return self._client.search_for_studies(
+            search_filters=search_filters, fields=fields, limit=limit, offset=offset
+        )
+
+    def search_for_series(self, study_instance_uid: str | None = None, *,
+                          search_filters: dict[str, Any] | None = None, fields: Sequence[str] | None = None,
+                          limit: int | None = None, offset: int | None = None) -> list[DicomJSON]:
+        return self._client.search_for_series(
+            study_instance_uid, search_filters=search_filters, fields=fields, limit=limit, offset=offset
+        )
+
+    def search_for_instances(self, study_instance_uid: str | None = None,
+                             series_instance_uid: str | None = None, *,
+                             search_filters: dict[str, Any] | None = None, fields: Sequence[str] | None = None,
+                             limit: int | None = None, offset: int | None = None) -> list[DicomJSON]:
+        return self._client.search_for_instances(
+            study_instance_uid, series_instance_uid, search_filters=search_filters, fields=fields,
+            limit=limit, offset=offset,
+        )
+
+    def retrieve_series(self, study_instance_uid: str, series_instance_uid: str) -> list[Dataset]:
+        return list(self.iter_series(study_instance_uid, series_instance_uid))
+
+    def iter_series(self, study_instance_uid: str, series_instance_uid: str) -> Iterator[Dataset]:
+        found = self._client.search_for_instances(study_instance_uid, series_instance_uid, limit=1)
+        if not found:
+            raise NotFoundError(f"series {series_instance_uid} is not in {self.folder}", status=404, url=self.url)
+        return self._client.iter_series(study_instance_uid, series_instance_uid)
+
+    def retrieve_study(self, study_instance_uid: str) -> list[Dataset]:
+        if not self._client.search_for_series(study_instance_uid, limit=1):
+            raise NotFoundError(f"study {study_instance_uid} is not in {self.folder}", status=404, url=self.url)
+        return list(self._client.iter_study(study_instance_uid))
+
+    def retrieve_instance(self, study_instance_uid: str, series_instance_uid: str,
+                          sop_instance_uid: str) -> Dataset:
+        try:
+            return self._client.retrieve_instance(study_instance_uid, series_instance_uid, sop_instance_uid)
+        except (IndexError, KeyError, ValueError, FileNotFoundError) as exc:
+            raise NotFoundError(
+                f"instance {sop_instance_uid} is not in {self.folder}", status=404, url=self.url
+            ) from exc
+
+    def retrieve_series_metadata(self, study_instance_uid: str, series_instance_uid: str) -> list[DicomJSON]:
+        return self._client.retrieve_series_metadata(study_instance_uid, series_instance_uid)
+
+    def store_instances(self, datasets: Sequence[Dataset], study_instance_uid: str | None = None) -> Dataset:
+        if not datasets:
+            raise ConfigurationError("store_instances needs at least one dataset")
+        return self._client.store_instances(list(datasets), study_instance_uid)
+
+
+def connect(
+    url: str | os.PathLike[str] | None = None,
+    *,
+    token: str | None = None,
+    session: requests.Session | None = None,
+) -> DICOMwebHTTPClient | DICOMfolderClient:
+    """Open the platform's image store.
+
+    Inside a platform user server, ``connect()`` needs no arguments: the gateway
+    URL comes from ``MEDIMG_DICOMWEB_URL`` and the user's JupyterHub token from
+    ``JUPYTERHUB_API_TOKEN``. Elsewhere pass them explicitly.
+
+    Parameters
+    ----------
+    url
+        ``http(s)://…`` for a DICOMweb server, or a folder path / ``file://`` URL
+        for a local folder of DICOM files.
+    token
+        A JupyterHub API token, sent as ``Authorization: token …``.
+    session
+        A prepared ``requests.Session`` (e.g. with basic auth); takes precedence
+        over ``token``.
+    """
+    target = str(url) if url is not None else os.environ.get(URL_ENV_VAR, "")
+    if not target:
+        raise ConfigurationError(
+            f"connect() needs a DICOMweb URL: pass url=... or set {URL_ENV_VAR} "
+            "(set automatically inside platform user servers)"
+        )
+    if target.startswith("file://"):
+        return DICOMfolderClient(target[len("file://"):])
+    if not target.startswith(("http://", "https://")):
+        return DICOMfolderClient(target)
+    if session is None:
+        session = requests.Session()
+        token = token if token is not None else os.environ.get(TOKEN_ENV_VAR)
+        if token:
+            session.headers["Authorization"] = f"token {token}"
+    return DICOMwebHTTPClient(target, session=session)

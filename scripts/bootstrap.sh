@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Install everything the platform needs on a fresh Debian 12 machine. Idempotent: a second run
+# checks and returns in seconds. Run as root (or with sudo available for the apt step).
+#
+#   Debian packages : orthanc, orthanc-dicomweb (the PACS), dcmtk, dicom3tools (dciodvfy), redis-server
+#   npm             : configurable-http-proxy 5.3.0 (JupyterHub's proxy), into .venv/bin
+#   Python          : .venv with torch==2.13.0 (CPU build, installed first), then requirements.lock
+#
+# Environment:
+#   PYTHON           the interpreter for the venv (default python3; 3.11 tested)
+#   TORCH_INDEX_URL  a pip index serving CPU builds of torch, where the default index would
+#                    give a CUDA build (the bootstrap refuses to install a CUDA build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+
+# --- Debian packages -----------------------------------------------------------------------
+APT_PACKAGES=(orthanc orthanc-dicomweb dcmtk dicom3tools redis-server)
+command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+# The platform runs its own Orthanc and Redis under var/. Debian's system services would listen on
+# 8042 / 4242 (DICOM, all interfaces, no authentication) and 6379: stop and disable them.
+if [ -d /run/systemd/system ]; then
+  for svc in orthanc redis-server; do
+    if systemctl is-enabled --quiet "$svc" 2>/dev/null || systemctl is-active --quiet "$svc" 2>/dev/null; then
+      say "disabling Debian's own $svc service (the platform runs its own instance)"
+      $SUDO systemctl disable --now "$svc" || true
+    fi
+  done
+fi
+
+# --- Python virtual environment -------------------------------------------------------------
+PY="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || { say "creating .venv with $PY"; "$PY" -m venv .venv; }
+stamp=.venv/.medimg-installed
+want=$(cat requirements.lock pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  torch_index=(); [ -n "${TORCH_INDEX_URL:-}" ] && torch_index=(--index-url "$TORCH_INDEX_URL")
+  if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null; then
+    # Refuse a CUDA build before downloading it: ask pip what it would install.
+    .venv/bin/python -m pip install -q --dry-run --ignore-installed --no-deps --report .venv/torch-plan.json \
+      "${torch_index[@]}" torch==2.13.0
+    .venv/bin/python - <<'PYEOF'
+import json, sys
+plan = json.load(open(".venv/torch-plan.json"))
+url = plan["install"][0]["download_info"]["url"]
+if "+cpu" not in url and "cpu" not in url.rsplit("/", 1)[-1]:
+    sys.exit(f"[bootstrap] pip would install a non-CPU torch ({url.rsplit('/', 1)[-1]}); "
+             "set TORCH_INDEX_URL to a pip index with CPU builds of torch 2.13.0")
+PYEOF
+    say "installing torch 2.13.0 (CPU build)"
+    .venv/bin/python -m pip install -q "${torch_index[@]}" torch==2.13.0
+  fi
+  say "installing Python dependencies (requirements.lock)"
+  .venv/bin/python -m pip install -q -r requirements.lock
+  .venv/bin/python -m pip install -q --no-deps -e .
+  if .venv/bin/python -m pip list 2>/dev/null | grep -qiE '^nvidia-|^triton '; then
+    say "error: CUDA packages were pulled into .venv; remove .venv and set TORCH_INDEX_URL"; exit 1
+  fi
+  echo "$want" > "$stamp"
+fi
+
+# --- configurable-http-proxy (JupyterHub's proxy) ------------------------------------------
+if [ ! -x .venv/bin/configurable-http-proxy ]; then
+  say "installing configurable-http-proxy 5.3.0 from npm into .venv"
+  npm install -g --silent --no-fund --no-audit --prefix .venv configurable-http-proxy@5.3.0 >/dev/null
+fi
+say "ready: $(.venv/bin/python --version), torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'), $(/usr/sbin/Orthanc --version 2>/dev/null | head -1)"

@@ -1,0 +1,52 @@
+"""The medimg command line, run as a real process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medimg_hub.process import free_port
+
+SUBCOMMANDS = ["up", "down", "status", "config"]
+
+
+def _medimg(*args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "medimg_hub.cli", *(["--config", str(config)] if config else []), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("sub", [None, *SUBCOMMANDS])
+def test_every_subcommand_has_help(sub):
+    result = _medimg(*([sub] if sub else []), "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout
+
+
+@pytest.mark.integration
+def test_up_status_down_without_demo(tmp_path):
+    config = tmp_path / "medimg.toml"
+    config.write_text(f'[platform]\nvar_dir = "var"\n[pacs]\nhttp_port = {free_port()}\n')
+    try:
+        up = _medimg("up", "--no-demo", config=config)
+        assert up.returncode == 0, up.stderr
+        assert "started at http://127.0.0.1:" in up.stdout
+        again = _medimg("up", "--no-demo", config=config)
+        assert "already running" in again.stdout
+        status = _medimg("status", config=config)
+        assert "running (pid" in status.stdout
+    finally:
+        down = _medimg("down", config=config)
+    assert "PACS stopped" in down.stdout
+    assert "stopped" in _medimg("status", config=config).stdout
+
+
+def test_bad_settings_give_one_clear_line(tmp_path):
+    config = tmp_path / "medimg.toml"
+    config.write_text("[pacs]\nhttp_prot = 1\n")
+    result = _medimg("status", config=config)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("error: unknown key(s) ['http_prot'] in [pacs]")
+    assert "Traceback" not in result.stderr
