@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 
 from .dicomweb import DicomJSON
 from .errors import AccessDeniedError, ConfigurationError, DICOMwebError, NotFoundError
-from .multipart import boundary_from_content_type, dataset_from_part, iter_parts
+from .multipart import ReadAhead, boundary_from_content_type, dataset_from_part, iter_parts
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +179,12 @@ class DICOMwebHTTPClient:
                     response.raise_for_status()
                 boundary = boundary_from_content_type(response.headers.get("Content-Type", ""))
                 response.raw.decode_content = True
-                for index, body in enumerate(iter_parts(response.raw, boundary, STREAM_CHUNK_BYTES)):
-                    yield dataset_from_part(body, index)
+                reader = ReadAhead(response.raw, STREAM_CHUNK_BYTES)
+                try:
+                    for index, body in enumerate(iter_parts(reader, boundary, STREAM_CHUNK_BYTES)):
+                        yield dataset_from_part(body, index)
+                finally:
+                    reader.close()
         except requests.HTTPError as exc:
             raise _http_error(name, self.url, exc) from exc
         except requests.RequestException as exc:

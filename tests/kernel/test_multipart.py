@@ -38,7 +38,7 @@ class _Trickle(io.RawIOBase):
 @pytest.mark.parametrize("step", [1, 7, 4096])
 def test_parts_come_back_exactly(content_length, step):
     bodies = [b"first", b"--xyzBOUNDAR not a boundary\r\n--", b"", bytes(range(256)) * 50]
-    got = list(iter_parts(_Trickle(_message(bodies, content_length=content_length), step), b"xyzBOUNDARY", chunk_size=16))
+    got = [p.tobytes() for p in iter_parts(_Trickle(_message(bodies, content_length=content_length), step), b"xyzBOUNDARY", chunk_size=16)]
     assert got == bodies
 
 
@@ -66,3 +66,37 @@ def test_parts_with_and_without_preamble_decode(tmp_path):
         assert dataset_from_part(body, 0).SOPInstanceUID == ds.SOPInstanceUID
     with pytest.raises(DICOMwebError, match="part 3"):
         dataset_from_part(b"\x00\x01garbage", 3)
+
+
+def test_read_ahead_gives_the_same_bytes_and_raises_stream_errors():
+    from medimg_kernel.multipart import ReadAhead
+
+    data = bytes(range(256)) * 1000
+    reader = ReadAhead(io.BytesIO(data), chunk_size=1000, depth=2)
+    got = b""
+    while chunk := reader.read(777):
+        got += chunk
+    assert got == data and reader.read() == b""
+    reader.close()
+
+    class Broken(io.RawIOBase):
+        def read(self, n=-1):
+            raise ConnectionResetError("peer went away")
+
+    with pytest.raises(ConnectionResetError, match="peer went away"):
+        ReadAhead(Broken(), chunk_size=10).read()
+
+
+def test_native_parts_share_memory_and_decode_exactly(tmp_path):
+    series = small_ct_series(seed=8)
+    bodies = []
+    for ds in series:
+        path = tmp_path / "p.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        bodies.append(path.read_bytes()[132:])
+    message = _message(bodies, boundary=b"QQ")
+    decoded = [dataset_from_part(p, i) for i, p in enumerate(iter_parts(io.BytesIO(message), b"QQ"))]
+    for got, original in zip(decoded, series):
+        assert isinstance(got.PixelData, memoryview)  # the fast path was taken
+        assert (got.pixel_array == original.pixel_array).all()
+        assert got.SOPInstanceUID == original.SOPInstanceUID
