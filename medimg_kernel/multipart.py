@@ -223,8 +223,8 @@ def _content_length(headers: bytes) -> int | None:
 def dataset_from_part(part: Part | bytes, index: int) -> Dataset:
     """Decode one ``application/dicom`` part (with or without the 128-byte preamble).
 
-    Native (uncompressed) pixel data is not copied: ``PixelData`` is a memoryview on the
-    received bytes. Anything unusual (encapsulated pixel data, elements after the pixel
+    Native (uncompressed) pixel data is copied once, straight from the received chunk;
+    the header is parsed from a small copy of its own. Anything unusual (encapsulated pixel data, elements after the pixel
     data, a tag pattern inside the header) takes the ordinary full read.
     """
     if isinstance(part, bytes):
@@ -257,6 +257,8 @@ def _read_native(part: Part) -> Dataset | None:
     ds = pydicom.dcmread(fp, force=header[128:132] != b"DICM", stop_before_pixels=True)
     if fp.tell() != pixel_tag - part.start or ds.file_meta.get("TransferSyntaxUID") != ExplicitVRLittleEndian:
         return None
-    ds.PixelData = memoryview(part.data)[header_end : part.end]
+    # One copy, into a standalone bytes object: a memoryview would save it but makes the
+    # dataset impossible to pickle or deepcopy (Celery, multiprocessing, highdicom).
+    ds.PixelData = part.data[header_end : part.end]
     ds["PixelData"].VR = vr.decode()
     return ds
