@@ -26,6 +26,7 @@ Conventions (DESIGN.md §4):
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Sequence
@@ -33,7 +34,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import highdicom as hd
+import highdicom.utils
 import numpy as np
+from highdicom._standard_utils import is_multiframe_image
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
@@ -54,6 +57,30 @@ _SEGMENTATION_TYPES = ("BINARY", "LABELMAP")
 SEG_SOP_CLASS_UIDS = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"})
 #: Largest distance (mm) between a frame's or slice's position and the volume's grid.
 POSITION_TOLERANCE_MM = 0.05
+
+
+@functools.lru_cache(maxsize=64)
+def _iod_is_multiframe(sop_class_uid: str) -> bool:
+    probe = Dataset()
+    probe.SOPClassUID = sop_class_uid
+    return bool(is_multiframe_image(probe))
+
+
+def _is_multiframe_image_by_class(dataset: Dataset) -> bool:
+    """highdicom's ``is_multiframe_image``, memoised by SOP Class UID.
+
+    highdicom 0.28 decides "multi-frame" from the IOD alone (its docstring: whether
+    the IOD allows multiple frames), but scans the IOD's module tables once per
+    source image: ~0.12 ms × 200 slices, a quarter of ``write_seg``. The answer
+    depends only on SOPClassUID, so caching it changes no output.
+    """
+    uid = dataset.get("SOPClassUID")
+    return _iod_is_multiframe(str(uid)) if uid else bool(is_multiframe_image(dataset))
+
+
+# Installed only where highdicom.utils still uses the function we memoise.
+if getattr(highdicom.utils, "is_multiframe_image", None) is is_multiframe_image:
+    highdicom.utils.is_multiframe_image = _is_multiframe_image_by_class
 
 
 @dataclass(frozen=True)
@@ -220,6 +247,7 @@ def write_seg(
         series_date=when.date(),
         series_time=when.time(),
     )
+    _drop_image_level_source_references(seg)
     logger.debug("SEG %s: %d frames, %d segments", seg.SOPInstanceUID, seg.NumberOfFrames, len(entries))
     return seg
 
@@ -392,6 +420,21 @@ def _descriptions(entries: list[SegmentType], algorithm: AlgorithmIdentification
     return descriptions
 
 
+def _drop_image_level_source_references(seg: Dataset) -> None:
+    """Keep only SEG items in the top-level SourceImageSequence (General Reference module, type U).
+
+    Each frame references its CT slice in DerivationImageSequence and every CT
+    instance is listed in ReferencedSeriesSequence, so the 1-per-slice
+    top-level list is redundant (dcmqi does not write it) and costs ~15 % of
+    ``save_as``. The referenced model SEG (no per-frame reference) stays.
+    """
+    kept = [item for item in seg.get("SourceImageSequence", []) if item.ReferencedSOPClassUID in SEG_SOP_CLASS_UIDS]
+    if kept:
+        seg.SourceImageSequence = kept
+    elif "SourceImageSequence" in seg:
+        del seg.SourceImageSequence
+
+
 def _person_name(name: str | None) -> str | None:
     if name is None:
         return None
@@ -427,7 +470,8 @@ def _require_seg(seg: Dataset) -> None:
 
 def _segment_names(seg: Dataset) -> tuple[str, ...]:
     _require_seg(seg)
-    items = sorted(seg.SegmentSequence, key=lambda item: int(item.SegmentNumber))
+    # A LABELMAP SEG may describe the background as segment 0: it is not a segment here.
+    items = sorted((i for i in seg.SegmentSequence if int(i.SegmentNumber) > 0), key=lambda i: int(i.SegmentNumber))
     numbers = [int(item.SegmentNumber) for item in items]
     if numbers != list(range(1, len(items) + 1)):
         raise SegmentationError(f"SEG {seg.SOPInstanceUID}: SegmentNumbers {numbers} are not 1..{len(items)}")
@@ -576,7 +620,11 @@ def _decode_segments(seg: Dataset, volume: Volume, n_segments: int) -> np.ndarra
                     raise SegmentationError(f"SEG {seg.SOPInstanceUID}: pixel value {number} has no segment")
                 masks[number - 1, z] |= frame == number
         return masks
+    shared = seg.SharedFunctionalGroupsSequence[0]
     for frame, z, item in zip(frames, slices, seg.PerFrameFunctionalGroupsSequence):
-        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        identification = item.get("SegmentIdentificationSequence") or shared.get("SegmentIdentificationSequence")
+        if not identification:
+            raise SegmentationError(f"SEG {seg.SOPInstanceUID}: a frame has no SegmentIdentificationSequence")
+        number = int(identification[0].ReferencedSegmentNumber)
         masks[number - 1, z] |= frame.astype(bool)
     return masks

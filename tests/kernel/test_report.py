@@ -97,3 +97,13 @@ def _walk(dataset):
     for item in dataset.get("ContentSequence", []):
         yield item
         yield from _walk(item)
+
+
+def test_seg_and_sr_are_written_under_strict_pydicom_validation(strict_pydicom, write_and_read):
+    volume = make_volume(OBLIQUE["oblique"])
+    labels = make_labels()
+    model = write_and_read(write_seg(volume, labels, SEGMENTS, type_id="liver", algorithm=MODEL))
+    reviewed = write_and_read(write_seg(volume, labels, SEGMENTS, type_id="liver", content_creator="REVIEWER^ANNA",
+                                        referenced_seg=model))
+    sr = write_and_read(write_sr(reviewed, volume))
+    assert read_sr(sr) == pytest.approx(expected_volumes(labels, volume))
