@@ -102,3 +102,23 @@ class NotFoundError(DICOMwebError, LookupError):
 
 class AccessDeniedError(DICOMwebError, PermissionError):
     """The server refused the request (HTTP 401 or 403)."""
+
+
+class UnknownSegmentTypeError(SegmentationError, LookupError):
+    """A segment name is not in the anatomy catalogue (:mod:`medimg_kernel.anatomy`).
+
+    Attributes
+    ----------
+    name
+        The name that was looked up.
+    known
+        The names the catalogue does know, sorted.
+    """
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = known
+        super().__init__(
+            f"unknown segment type {name!r}; the anatomy catalogue knows {', '.join(known)} "
+            "(add an entry to medimg_kernel.anatomy.CATALOGUE for a new structure)"
+        )

@@ -1,0 +1,630 @@
+"""Write and read segmentations as DICOM Segmentation (SEG) instances with highdicom.
+
+Conventions (DESIGN.md §4):
+
+* One SEG instance per series. SeriesDescription is the segmentation type id
+  (``"liver"``) for reviewed / ground-truth results and ``"model_" + type_id``
+  for model outputs (segments with SegmentAlgorithmType ``AUTOMATIC`` and a
+  SegmentationAlgorithmIdentificationSequence); reviewed results are
+  ``MANUAL`` with the reviewer in ContentCreatorName.
+* ContentDate/ContentTime (and SeriesDate/SeriesTime) are the creation time.
+* A reviewed SEG references the model SEG it corrects as a *further source
+  image* (highdicom's ``further_source_images``): the model SEG then appears in
+  SourceImageSequence and in ReferencedSeriesSequence >
+  ReferencedInstanceSequence (Common Instance Reference module), next to the
+  CT slices. :func:`describe_seg` reads it back as ``referenced_segs``.
+* Segment numbers follow the caller's ``segments`` list: label value ``i + 1``
+  is ``segments[i]``; codes and colours come from :mod:`medimg_kernel.anatomy`.
+* The SegmentationType is ``BINARY`` by default (valid for every reader and for
+  the 2022 ``dciodvfy``); ``LABELMAP`` (Label Map Segmentation Storage, 2024)
+  is available for non-overlapping segments.
+* Frames are paired with slices through the source CT instances, which are
+  sorted along the volume's slice normal before highdicom sees them
+  (highdicom pairs frame ``i`` with ``source_images[i]`` without checking).
+  Empty frames are omitted (highdicom's default).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import highdicom as hd
+import highdicom.utils
+import numpy as np
+from highdicom._standard_utils import is_multiframe_image
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
+
+from . import __version__
+from .anatomy import SegmentType, find_segment_type, get_segment_type
+from .errors import SegmentationError
+from .volume import Volume
+
+logger = logging.getLogger(__name__)
+
+#: Prefix of the SeriesDescription of model outputs (DESIGN.md §4).
+MODEL_PREFIX = "model_"
+_TYPE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,57}")
+_SEGMENTATION_TYPES = ("BINARY", "LABELMAP")
+#: Segmentation Storage and Label Map Segmentation Storage.
+SEG_SOP_CLASS_UIDS = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"})
+#: Largest distance (mm) between a frame's or slice's position and the volume's grid.
+POSITION_TOLERANCE_MM = 0.05
+
+
+@functools.lru_cache(maxsize=64)
+def _iod_is_multiframe(sop_class_uid: str) -> bool:
+    probe = Dataset()
+    probe.SOPClassUID = sop_class_uid
+    return bool(is_multiframe_image(probe))
+
+
+def _is_multiframe_image_by_class(dataset: Dataset) -> bool:
+    """highdicom's ``is_multiframe_image``, memoised by SOP Class UID.
+
+    highdicom 0.28 decides "multi-frame" from the IOD alone (its docstring: whether
+    the IOD allows multiple frames), but scans the IOD's module tables once per
+    source image: ~0.12 ms × 200 slices, a quarter of ``write_seg``. The answer
+    depends only on SOPClassUID, so caching it changes no output.
+    """
+    uid = dataset.get("SOPClassUID")
+    return _iod_is_multiframe(str(uid)) if uid else bool(is_multiframe_image(dataset))
+
+
+# Installed only where highdicom.utils still uses the function we memoise.
+if getattr(highdicom.utils, "is_multiframe_image", None) is is_multiframe_image:
+    highdicom.utils.is_multiframe_image = _is_multiframe_image_by_class
+
+
+@dataclass(frozen=True)
+class AlgorithmIdentification:
+    """The algorithm that produced a segmentation (SegmentationAlgorithmIdentificationSequence).
+
+    Parameters
+    ----------
+    name
+        AlgorithmName, e.g. the registered model name (``"liver-unet"``).
+    version
+        AlgorithmVersion, e.g. the model registry version (``"3"``).
+    family
+        AlgorithmFamilyCodeSequence item (CID 7162); default DCM 123110
+        "Artificial Intelligence".
+    source
+        AlgorithmSource (who made it), optional.
+    """
+
+    name: str
+    version: str
+    family: Code = codes.DCM.ArtificialIntelligence
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        for field_name in ("name", "version"):
+            value = getattr(self, field_name)
+            if not isinstance(value, str) or not value.strip() or len(value) > 64 or "\\" in value:
+                raise SegmentationError(
+                    f"AlgorithmIdentification.{field_name} must be a non-empty LO value "
+                    f"(at most 64 characters, no backslash); got {value!r}"
+                )
+
+    def to_sequence(self) -> hd.AlgorithmIdentificationSequence:
+        """As highdicom's AlgorithmIdentificationSequence."""
+        return hd.AlgorithmIdentificationSequence(
+            name=self.name, family=self.family, version=self.version, source=self.source
+        )
+
+
+@dataclass(frozen=True)
+class SegInfo:
+    """What a SEG says about itself (see :func:`describe_seg`).
+
+    Attributes
+    ----------
+    type_id
+        The segmentation type id (SeriesDescription without ``"model_"``).
+    is_model
+        Whether it is a model output (SeriesDescription starts with ``"model_"``).
+    segment_names
+        Catalogue names (or SegmentLabel when not in the catalogue), in
+        SegmentNumber order: ``segment_names[i]`` is segment ``i + 1``.
+    algorithm
+        The algorithm of the first automatic segment, or ``None`` (manual).
+    content_creator
+        ContentCreatorName, or ``None`` when empty.
+    content_datetime
+        ContentDate + ContentTime (naive, local time of the writer).
+    referenced_segs
+        ``(SeriesInstanceUID, SOPInstanceUID)`` of SEG instances this SEG
+        references, e.g. the model SEG a reviewed SEG corrects.
+    source_series_instance_uids
+        SeriesInstanceUIDs of the referenced image series (not SEG).
+    """
+
+    type_id: str
+    is_model: bool
+    segment_names: tuple[str, ...]
+    algorithm: AlgorithmIdentification | None
+    content_creator: str | None
+    content_datetime: datetime | None
+    referenced_segs: tuple[tuple[str, str], ...]
+    source_series_instance_uids: tuple[str, ...]
+
+
+def write_seg(
+    volume: Volume,
+    labels: np.ndarray,
+    segments: Sequence[str],
+    *,
+    type_id: str,
+    algorithm: AlgorithmIdentification | None = None,
+    content_creator: str | None = None,
+    series_number: int = 300,
+    referenced_seg: Dataset | None = None,
+    content_datetime: datetime | None = None,
+    segmentation_type: str = "BINARY",
+) -> Dataset:
+    """Encode a label map (or overlapping masks) on ``volume``'s grid as a DICOM SEG.
+
+    Parameters
+    ----------
+    volume
+        The segmented series; ``volume.sources`` (the CT headers) are required.
+        Their order does not matter: they are sorted along ``volume.direction[0]``
+        and checked against ``volume``'s grid.
+    labels
+        Either an integer label map of shape ``volume.shape`` (z, y, x) where
+        value ``i + 1`` is ``segments[i]`` and 0 is background, or a boolean
+        array ``(len(segments), z, y, x)`` for segments that may overlap.
+    segments
+        Names from the anatomy catalogue, e.g. ``["liver", "spleen", "kidney"]``.
+    type_id
+        Segmentation type id; SeriesDescription is ``type_id`` (reviewed) or
+        ``"model_" + type_id`` (when ``algorithm`` is given). ContentLabel is
+        its upper-case form, truncated to 16 characters.
+    algorithm
+        Given for model outputs: segments become ``AUTOMATIC`` with this
+        algorithm identification. ``None``: ``MANUAL`` (reviewed / ground truth).
+    content_creator
+        ContentCreatorName (the reviewer, DICOM PN form ``"FAMILY^GIVEN"``).
+    series_number
+        SeriesNumber of the new series.
+    referenced_seg
+        The SEG this one corrects (same study and frame of reference); recorded
+        as a further source image (SourceImageSequence, ReferencedSeriesSequence).
+    content_datetime
+        ContentDate/ContentTime; default now (local time).
+    segmentation_type
+        ``"BINARY"`` (default) or ``"LABELMAP"`` (non-overlapping only; not
+        known to dciodvfy builds before 2024).
+
+    Returns
+    -------
+    pydicom.dataset.Dataset
+        A highdicom ``Segmentation``, ready for ``save_as`` or STOW-RS.
+
+    Raises
+    ------
+    SegmentationError
+        Unknown or duplicate segment names, a labels shape or values that do
+        not fit, a volume without sources or whose sources do not match its
+        grid, an invalid ``type_id``, or an unusable ``referenced_seg``.
+    """
+    series_description, content_label = _names_from_type_id(type_id, algorithm is not None)
+    entries = _segment_types(segments)
+    if segmentation_type not in _SEGMENTATION_TYPES:
+        raise SegmentationError(f"segmentation_type must be one of {_SEGMENTATION_TYPES}; got {segmentation_type!r}")
+    sources = _sorted_sources(volume)
+    pixel_array = _pixel_array(labels, volume.shape, len(entries), segmentation_type)
+    further = [_check_referenced_seg(referenced_seg, sources[0])] if referenced_seg is not None else None
+    when = content_datetime or datetime.now()
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=pixel_array,
+        segmentation_type=segmentation_type,
+        segment_descriptions=_descriptions(entries, algorithm),
+        series_instance_uid=generate_uid(),
+        series_number=series_number,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="medimg-platform",
+        manufacturer_model_name="medimg_kernel",
+        software_versions=f"medimg_kernel {__version__}, highdicom {hd.__version__}",
+        device_serial_number="0",
+        content_label=content_label,
+        content_description=f"{series_description} segmentation ({', '.join(e.name for e in entries)})"[:64],
+        content_creator_name=_person_name(content_creator),
+        further_source_images=further,
+        series_description=series_description,
+        content_date=when.date(),
+        content_time=when.time(),
+        series_date=when.date(),
+        series_time=when.time(),
+    )
+    _drop_image_level_source_references(seg)
+    logger.debug("SEG %s: %d frames, %d segments", seg.SOPInstanceUID, seg.NumberOfFrames, len(entries))
+    return seg
+
+
+def read_seg(seg: Dataset, volume: Volume) -> np.ndarray:
+    """The label map of ``seg`` on ``volume``'s grid.
+
+    Parameters
+    ----------
+    seg
+        A SEG (BINARY or LABELMAP) of ``volume``'s series.
+    volume
+        The series it segments; frames are matched to slices by the referenced
+        SOP Instance UIDs when ``volume.sources`` are known, otherwise by
+        ImagePositionPatient, and every frame's position, orientation and pixel
+        spacing are checked against ``volume``'s grid.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``volume.shape`` (z, y, x); value ``n`` is SegmentNumber ``n``
+        (``describe_seg(seg).segment_names[n - 1]``), 0 background; ``uint8``
+        for up to 255 segments, else ``uint16``.
+
+    Raises
+    ------
+    SegmentationError
+        Not a SEG, frames that reference another series or do not lie on the
+        grid, or overlapping segments (use :func:`read_seg_masks`).
+    """
+    masks, _ = read_seg_masks(seg, volume)
+    if masks.shape[0] > 1 and np.any(masks.sum(axis=0, dtype=np.uint16) > 1):
+        raise SegmentationError(
+            f"SEG {seg.SOPInstanceUID} has overlapping segments: a label map cannot hold them; use read_seg_masks"
+        )
+    dtype = np.uint8 if masks.shape[0] <= 255 else np.uint16
+    labels = np.zeros(volume.shape, dtype=dtype)
+    for index in range(masks.shape[0]):
+        labels[masks[index]] = index + 1
+    return labels
+
+
+def read_seg_masks(seg: Dataset, volume: Volume) -> tuple[np.ndarray, tuple[str, ...]]:
+    """One boolean mask per segment, on ``volume``'s grid (segments may overlap).
+
+    Returns
+    -------
+    masks : numpy.ndarray
+        Boolean, shape ``(n_segments, z, y, x)``; ``masks[i]`` is SegmentNumber ``i + 1``.
+    names : tuple of str
+        Catalogue name (or SegmentLabel) of each segment.
+
+    Raises
+    ------
+    SegmentationError
+        As :func:`read_seg`, apart from overlap.
+    """
+    names = _segment_names(seg)
+    masks = _decode_segments(seg, volume, len(names))
+    return masks, names
+
+
+def describe_seg(seg: Dataset) -> SegInfo:
+    """Read the platform's conventions back from a SEG (type id, algorithm, reviewer, references)."""
+    _require_seg(seg)
+    description = str(seg.get("SeriesDescription", ""))
+    is_model = description.startswith(MODEL_PREFIX)
+    algorithm = None
+    for item in seg.SegmentSequence:
+        if "SegmentationAlgorithmIdentificationSequence" in item:
+            alg = item.SegmentationAlgorithmIdentificationSequence[0]
+            family = alg.AlgorithmFamilyCodeSequence[0]
+            algorithm = AlgorithmIdentification(
+                name=str(alg.AlgorithmName), version=str(alg.AlgorithmVersion),
+                family=Code(family.CodeValue, family.CodingSchemeDesignator, family.CodeMeaning),
+                source=str(alg.AlgorithmSource) if "AlgorithmSource" in alg else None,
+            )
+            break
+    referenced_segs, image_series = [], []
+    for series in seg.get("ReferencedSeriesSequence", []):
+        instances = series.get("ReferencedInstanceSequence", [])
+        segs = [i for i in instances if i.ReferencedSOPClassUID in SEG_SOP_CLASS_UIDS]
+        referenced_segs += [(str(series.SeriesInstanceUID), str(i.ReferencedSOPInstanceUID)) for i in segs]
+        if len(segs) < len(instances):
+            image_series.append(str(series.SeriesInstanceUID))
+    creator = str(seg.get("ContentCreatorName", "") or "") or None
+    return SegInfo(
+        type_id=description.removeprefix(MODEL_PREFIX), is_model=is_model,
+        segment_names=_segment_names(seg), algorithm=algorithm, content_creator=creator,
+        content_datetime=_content_datetime(seg), referenced_segs=tuple(referenced_segs),
+        source_series_instance_uids=tuple(image_series),
+    )
+
+
+# --- writing helpers -------------------------------------------------------------------------
+
+
+def _names_from_type_id(type_id: str, is_model: bool) -> tuple[str, str]:
+    """(SeriesDescription, ContentLabel) for ``type_id``."""
+    if not isinstance(type_id, str) or not _TYPE_ID.fullmatch(type_id):
+        raise SegmentationError(
+            f"type_id must be 1-58 letters, digits, '_', '.' or '-' starting with a letter or digit; got {type_id!r}"
+        )
+    if type_id.startswith(MODEL_PREFIX):
+        raise SegmentationError(
+            f"type_id {type_id!r} starts with {MODEL_PREFIX!r}: pass the bare type id; "
+            "the prefix is added when an algorithm is given"
+        )
+    description = MODEL_PREFIX + type_id if is_model else type_id
+    content_label = re.sub(r"[^A-Z0-9_ ]", "_", description.upper())[:16]
+    return description, content_label
+
+
+def _segment_types(segments: Sequence[str]) -> list[SegmentType]:
+    if isinstance(segments, str) or len(segments) == 0:
+        raise SegmentationError(f"segments must be a non-empty list of catalogue names; got {segments!r}")
+    entries = [get_segment_type(name) for name in segments]
+    names = [e.name for e in entries]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise SegmentationError(f"segments lists {', '.join(duplicates)} more than once; each segment once")
+    return entries
+
+
+def _pixel_array(labels: np.ndarray, shape: tuple[int, int, int], n: int, segmentation_type: str) -> np.ndarray:
+    """Check ``labels`` and return the array highdicom expects (label map or z, y, x, segment stack)."""
+    labels = np.asarray(labels)
+    if labels.ndim == 4:
+        if labels.shape != (n, *shape):
+            raise SegmentationError(
+                f"mask stack shape {labels.shape} must be (len(segments), z, y, x) = {(n, *shape)}"
+            )
+        if labels.dtype != bool:
+            raise SegmentationError(f"a 4-D mask stack must be boolean; got dtype {labels.dtype}")
+        if segmentation_type == "LABELMAP" and np.any(labels.sum(axis=0, dtype=np.uint16) > 1):
+            raise SegmentationError("segments overlap: LABELMAP cannot hold overlapping segments; use BINARY")
+        return np.moveaxis(labels, 0, -1).view(np.uint8)
+    if labels.shape != shape:
+        raise SegmentationError(f"labels shape {labels.shape} differs from the volume's (z, y, x) {shape}")
+    if labels.dtype == bool:
+        labels = labels.view(np.uint8)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise SegmentationError(f"labels must be an integer label map (or bool masks); got dtype {labels.dtype}")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high > n:
+        raise SegmentationError(
+            f"labels hold values {low}..{high} but only 0 (background) and 1..{n} have a segment; "
+            f"segments = {n} names"
+        )
+    return labels.astype(np.uint8 if n <= 255 else np.uint16, copy=False)
+
+
+def _descriptions(entries: list[SegmentType], algorithm: AlgorithmIdentification | None) -> list[hd.seg.SegmentDescription]:
+    descriptions = []
+    for number, entry in enumerate(entries, start=1):
+        description = hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=entry.name,
+            segmented_property_category=entry.property_category,
+            segmented_property_type=entry.property_type,
+            algorithm_type="AUTOMATIC" if algorithm is not None else "MANUAL",
+            algorithm_identification=algorithm.to_sequence() if algorithm is not None else None,
+            display_color=hd.color.CIELabColor.from_rgb(*entry.rgb),
+        )
+        if entry.property_type_modifier is not None:
+            description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                hd.sr.CodedConcept.from_code(entry.property_type_modifier)
+            ]
+        descriptions.append(description)
+    return descriptions
+
+
+def _drop_image_level_source_references(seg: Dataset) -> None:
+    """Keep only SEG items in the top-level SourceImageSequence (General Reference module, type U).
+
+    Each frame references its CT slice in DerivationImageSequence and every CT
+    instance is listed in ReferencedSeriesSequence, so the 1-per-slice
+    top-level list is redundant (dcmqi does not write it) and costs ~15 % of
+    ``save_as``. The referenced model SEG (no per-frame reference) stays.
+    """
+    kept = [item for item in seg.get("SourceImageSequence", []) if item.ReferencedSOPClassUID in SEG_SOP_CLASS_UIDS]
+    if kept:
+        seg.SourceImageSequence = kept
+    elif "SourceImageSequence" in seg:
+        del seg.SourceImageSequence
+
+
+def _person_name(name: str | None) -> str | None:
+    if name is None:
+        return None
+    if not isinstance(name, str) or not name.strip() or len(name) > 64 or re.search(r"[\\\x00-\x1f]", name):
+        raise SegmentationError(
+            "content_creator must be a DICOM person name such as 'FAMILY^GIVEN' "
+            "(at most 64 characters, no backslash or control characters)"
+        )
+    return name
+
+
+def _check_referenced_seg(referenced: Dataset, source: Dataset) -> Dataset:
+    if referenced.get("SOPClassUID") not in SEG_SOP_CLASS_UIDS:
+        raise SegmentationError(f"referenced_seg must be a SEG instance; got SOP class {referenced.get('SOPClassUID')}")
+    if referenced.get("StudyInstanceUID") != source.StudyInstanceUID:
+        raise SegmentationError(
+            f"referenced_seg {referenced.SOPInstanceUID} belongs to another study than the volume's sources"
+        )
+    if referenced.get("FrameOfReferenceUID") != source.FrameOfReferenceUID:
+        raise SegmentationError(
+            f"referenced_seg {referenced.SOPInstanceUID} is in another frame of reference than the volume"
+        )
+    return referenced
+
+
+# --- reading helpers -------------------------------------------------------------------------
+
+
+def _require_seg(seg: Dataset) -> None:
+    if seg.get("SOPClassUID") not in SEG_SOP_CLASS_UIDS or "SegmentSequence" not in seg:
+        raise SegmentationError(f"not a Segmentation instance (SOP class {seg.get('SOPClassUID')})")
+
+
+def _segment_names(seg: Dataset) -> tuple[str, ...]:
+    _require_seg(seg)
+    # A LABELMAP SEG may describe the background as segment 0: it is not a segment here.
+    items = sorted((i for i in seg.SegmentSequence if int(i.SegmentNumber) > 0), key=lambda i: int(i.SegmentNumber))
+    numbers = [int(item.SegmentNumber) for item in items]
+    if numbers != list(range(1, len(items) + 1)):
+        raise SegmentationError(f"SEG {seg.SOPInstanceUID}: SegmentNumbers {numbers} are not 1..{len(items)}")
+    names = []
+    for item in items:
+        category = item.SegmentedPropertyCategoryCodeSequence[0]
+        prop = item.SegmentedPropertyTypeCodeSequence[0]
+        entry = find_segment_type(
+            Code(category.CodeValue, category.CodingSchemeDesignator, category.CodeMeaning),
+            Code(prop.CodeValue, prop.CodingSchemeDesignator, prop.CodeMeaning),
+        )
+        names.append(entry.name if entry is not None else str(item.SegmentLabel))
+    return tuple(names)
+
+
+def _content_datetime(seg: Dataset) -> datetime | None:
+    date, time = str(seg.get("ContentDate", "")), str(seg.get("ContentTime", ""))
+    if not date:
+        return None
+    try:
+        return datetime.strptime(date + (time.split(".")[0] or "000000").ljust(6, "0"), "%Y%m%d%H%M%S").replace(
+            microsecond=int((time.split(".") + [""])[1].ljust(6, "0")[:6] or 0)
+        )
+    except ValueError:
+        logger.warning("SEG %s: unreadable ContentDate/ContentTime", seg.get("SOPInstanceUID"))
+        return None
+
+
+# --- geometry: pairing slices, sources and frames ----------------------------------------------
+
+
+def _sorted_sources(volume: Volume) -> list[Dataset]:
+    """``volume.sources`` sorted along the slice normal, checked against ``volume``'s grid."""
+    if not volume.sources:
+        raise SegmentationError(
+            "volume has no source instances (Volume.sources is empty): a SEG must reference its CT series; "
+            "read the volume with read_series"
+        )
+    first = volume.sources[0]
+    for ds in volume.sources:
+        if ds.get("SeriesInstanceUID") != first.get("SeriesInstanceUID") or "ImagePositionPatient" not in ds:
+            raise SegmentationError(
+                f"source {ds.get('SOPInstanceUID')} is not a slice of series {first.get('SeriesInstanceUID')}"
+            )
+    if len({ds.SOPInstanceUID for ds in volume.sources}) != len(volume.sources):
+        raise SegmentationError("volume.sources hold the same SOPInstanceUID more than once")
+    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in volume.sources])
+    order = np.argsort(positions @ volume.direction[0], kind="stable")
+    sources = [volume.sources[k] for k in order]
+    _check_plane(first, volume, f"source series {first.SeriesInstanceUID}")
+    _check_positions(positions[order], volume, "source slice")
+    return sources
+
+
+def _check_plane(ds: Dataset, volume: Volume, what: str, *, orientation: Sequence[float] | None = None,
+                 spacing: Sequence[float] | None = None) -> None:
+    """Rows/Columns, ImageOrientationPatient and PixelSpacing of ``ds`` against ``volume``'s grid."""
+    if (int(ds.Rows), int(ds.Columns)) != volume.shape[1:]:
+        raise SegmentationError(f"{what}: {ds.Rows}x{ds.Columns} pixels but the volume has {volume.shape[1:]} (y, x)")
+    iop = np.array([float(v) for v in (orientation if orientation is not None else ds.ImageOrientationPatient)])
+    expected = np.concatenate([volume.direction[2], volume.direction[1]])
+    if not np.allclose(iop, expected, atol=1e-4):
+        raise SegmentationError(f"{what}: ImageOrientationPatient {iop.round(5).tolist()} differs from the volume's")
+    pixel_spacing = np.array([float(v) for v in (spacing if spacing is not None else ds.PixelSpacing)])
+    if not np.allclose(pixel_spacing, volume.spacing[1:], atol=1e-3):
+        raise SegmentationError(f"{what}: PixelSpacing {pixel_spacing.tolist()} differs from the volume's {volume.spacing[1:]}")
+
+
+def _check_positions(positions: np.ndarray, volume: Volume, what: str, slices: np.ndarray | None = None) -> None:
+    """Each ImagePositionPatient row must be the volume's position of slice ``slices[i]`` (default ``i``)."""
+    slices = np.arange(volume.shape[0]) if slices is None else slices
+    expected = volume.index_to_lps(np.stack([slices, np.zeros_like(slices), np.zeros_like(slices)], axis=1))
+    error = np.linalg.norm(positions - expected, axis=1)
+    if error.size and error.max() > POSITION_TOLERANCE_MM:
+        bad = int(np.argmax(error))
+        raise SegmentationError(
+            f"{what} {bad} lies {error[bad]:.3f} mm from slice {int(slices[bad])} of the volume's grid "
+            f"(tolerance {POSITION_TOLERANCE_MM} mm): the SEG and the volume do not share a geometry"
+        )
+
+
+def _frame_slices(seg: Dataset, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """(slice index, ImagePositionPatient) of every frame, by referenced SOP Instance UID or position."""
+    index_of = {}
+    if volume.sources:
+        order = np.argsort([np.dot([float(v) for v in ds.ImagePositionPatient], volume.direction[0])
+                            for ds in volume.sources], kind="stable")
+        index_of = {str(volume.sources[k].SOPInstanceUID): z for z, k in enumerate(order)}
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    slices, positions = [], []
+    for number, frame in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
+        plane = frame.get("PlanePositionSequence") or shared.get("PlanePositionSequence")
+        if not plane:
+            raise SegmentationError(f"SEG {seg.SOPInstanceUID}: frame {number} has no PlanePositionSequence")
+        position = np.array([float(v) for v in plane[0].ImagePositionPatient])
+        uids = [src.ReferencedSOPInstanceUID for d in frame.get("DerivationImageSequence", [])
+                for src in d.get("SourceImageSequence", [])]
+        if index_of and uids:
+            known = [index_of[u] for u in uids if u in index_of]
+            if not known:
+                raise SegmentationError(
+                    f"SEG {seg.SOPInstanceUID}: frame {number} references instance {uids[0]}, "
+                    f"which is not a slice of series {volume.series_instance_uid or '<volume>'}"
+                )
+            slices.append(known[0])
+        else:
+            k = float(volume.lps_to_index(position)[0])
+            slices.append(int(round(k)))
+        positions.append(position)
+    return np.array(slices, dtype=int), np.array(positions).reshape(-1, 3)
+
+
+def _check_seg_grid(seg: Dataset, volume: Volume) -> None:
+    """Frame of reference, series reference and in-plane geometry of ``seg`` against ``volume``."""
+    if volume.frame_of_reference_uid and seg.get("FrameOfReferenceUID") != volume.frame_of_reference_uid:
+        raise SegmentationError(f"SEG {seg.SOPInstanceUID} is in another frame of reference than the volume")
+    if volume.series_instance_uid:
+        referenced = {str(s.SeriesInstanceUID) for s in seg.get("ReferencedSeriesSequence", [])}
+        if volume.series_instance_uid not in referenced:
+            raise SegmentationError(
+                f"SEG {seg.SOPInstanceUID} does not reference series {volume.series_instance_uid} "
+                f"(it references {sorted(referenced) or 'no series'})"
+            )
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    orientation = shared.PlaneOrientationSequence[0].ImageOrientationPatient
+    spacing = shared.PixelMeasuresSequence[0].PixelSpacing
+    _check_plane(seg, volume, f"SEG {seg.SOPInstanceUID}", orientation=orientation, spacing=spacing)
+
+
+def _decode_segments(seg: Dataset, volume: Volume, n_segments: int) -> np.ndarray:
+    """Boolean masks ``(n_segments, z, y, x)`` from the frames of ``seg``."""
+    seg_type = str(seg.get("SegmentationType", ""))
+    if seg_type not in _SEGMENTATION_TYPES:
+        raise SegmentationError(f"SEG {seg.SOPInstanceUID}: SegmentationType {seg_type!r} is not supported (BINARY, LABELMAP)")
+    _check_seg_grid(seg, volume)
+    slices, positions = _frame_slices(seg, volume)
+    if slices.size and (slices.min() < 0 or slices.max() >= volume.shape[0]):
+        raise SegmentationError(f"SEG {seg.SOPInstanceUID}: frames lie outside the volume's {volume.shape[0]} slices")
+    _check_positions(positions, volume, f"SEG {seg.SOPInstanceUID} frame", slices)
+    frames = seg.pixel_array.reshape(-1, *volume.shape[1:])
+    masks = np.zeros((n_segments, *volume.shape), dtype=bool)
+    if seg_type == "LABELMAP":
+        for frame, z in zip(frames, slices):
+            for number in np.unique(frame[frame > 0]):
+                if number > n_segments:
+                    raise SegmentationError(f"SEG {seg.SOPInstanceUID}: pixel value {number} has no segment")
+                masks[number - 1, z] |= frame == number
+        return masks
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    for frame, z, item in zip(frames, slices, seg.PerFrameFunctionalGroupsSequence):
+        identification = item.get("SegmentIdentificationSequence") or shared.get("SegmentIdentificationSequence")
+        if not identification:
+            raise SegmentationError(f"SEG {seg.SOPInstanceUID}: a frame has no SegmentIdentificationSequence")
+        number = int(identification[0].ReferencedSegmentNumber)
+        masks[number - 1, z] |= frame.astype(bool)
+    return masks
