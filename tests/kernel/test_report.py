@@ -10,7 +10,7 @@ from medimg_kernel.errors import ReportError
 from medimg_kernel.report import read_sr, read_sr_report, segment_volumes_mm3, write_sr
 from medimg_kernel.segmentation import write_seg
 from medimg_kernel.volume import Volume
-from test_segmentation import MODEL, OBLIQUE, SEGMENTS, make_labels, make_volume
+from tests.kernel.test_segmentation import MODEL, OBLIQUE, SEGMENTS, make_labels, make_volume
 
 
 def expected_volumes(labels: np.ndarray, volume: Volume) -> dict[str, float]:
