@@ -102,3 +102,8 @@ class NotFoundError(DICOMwebError, LookupError):
 
 class AccessDeniedError(DICOMwebError, PermissionError):
     """The server refused the request (HTTP 401 or 403)."""
+
+
+class UnsupportedImageError(SeriesError):
+    """An image the series reader does not handle: multi-frame or enhanced objects,
+    colour images, Modality LUT Sequences. The message says how to convert it."""
