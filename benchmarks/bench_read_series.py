@@ -58,7 +58,8 @@ def ensure_data() -> list[Path]:
     marker = DATA / ".complete"
     if not marker.exists():
         DATA.mkdir(parents=True, exist_ok=True)
-        volume = Volume(phantom(SHAPE), (1.25, 0.75, 0.75), (-192.0, -180.0, -350.0))
+        axial = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # z = S, y = P, x = L
+        volume = Volume(phantom(SHAPE), (1.25, 0.75, 0.75), (-192.0, -180.0, -350.0), axial)
         patient = SyntheticPatient("BENCH-001", "PHANTOM^BENCH", "1.2.826.0.1.3680043.8.498.1")
         for k, ds in enumerate(ct_series_from_volume(volume, patient, uid_entropy=["bench"])):
             ds.save_as(DATA / f"slice{k:04d}.dcm", enforce_file_format=True)

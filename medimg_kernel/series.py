@@ -364,14 +364,15 @@ def _check_image(instance: _Instance, uid: str) -> None:
         raise UnsupportedImageError(uid, f"{what} uses a Modality LUT Sequence, which is not supported")
     if not instance.has_pixels:
         raise PixelDataError(uid, f"{what} has no pixel data")
-    if instance.attrs.get("BitsAllocated") not in (8, 16, 32) or not instance.attrs.get("Rows") \
-            or not instance.attrs.get("Columns"):
+    allocated = instance.attrs.get("BitsAllocated")
+    if allocated not in (8, 16, 32) or not 0 < instance.attrs.get("BitsStored", allocated) <= allocated \
+            or not instance.attrs.get("Rows") or not instance.attrs.get("Columns"):
         raise UnsupportedImageError(uid, f"{what} has Rows {instance.attrs.get('Rows')}, Columns "
                                          f"{instance.attrs.get('Columns')}, BitsAllocated "
-                                         f"{instance.attrs.get('BitsAllocated')}; 8, 16 or 32 bits are supported")
+                                         f"{allocated}, BitsStored {instance.attrs.get('BitsStored')}; 8, 16 or 32 bits are supported")
 
 
-_SAME = ("Rows", "Columns", "BitsAllocated", "PixelRepresentation", "FrameOfReferenceUID", "Modality")
+_SAME = ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation", "FrameOfReferenceUID", "Modality")
 
 
 def _check_consistent(instances: list[_Instance], uid: str) -> None:
@@ -547,9 +548,13 @@ def _read_pixels(ordered: Sequence[_Instance], rescale: _Rescale, uid: str) -> n
     in_place = rescale.int16_shift is not None and stored.itemsize == 2
     shift = np.int16(((rescale.int16_shift or 0) + 32768) % 65536 - 32768)  # the intercept modulo 2**16
 
+    unused_bits = stored.itemsize * 8 - first.get("BitsStored", stored.itemsize * 8)
+
     def load(k: int) -> tuple[int, int]:
         """Read slice k; with an int16 result, add the intercept in place (modulo 2**16)."""
         _load_slice(ordered[k], raw[k], uid)
+        if unused_bits:
+            _drop_unused_bits(raw[k], unused_bits)
         low = int(raw[k].min()) if signed else 0
         high = int(raw[k].max())
         if in_place and shift:
@@ -573,6 +578,13 @@ def _read_pixels(ordered: Sequence[_Instance], rescale: _Rescale, uid: str) -> n
     return _to_float(raw, rescale)
 
 
+def _drop_unused_bits(plane: np.ndarray, unused: int) -> None:
+    """As pydicom does: clear the bits above HighBit, sign-extending signed values (in place)."""
+    as_unsigned = plane.view(plane.dtype.str.replace("i", "u"))
+    as_unsigned <<= unused
+    plane >>= unused  # arithmetic shift for signed, logical for unsigned
+
+
 def _to_float(raw: np.ndarray, rescale: _Rescale) -> np.ndarray:
     out = raw.astype(np.float32)
     out *= rescale.slopes.astype(np.float32)[:, None, None]
@@ -582,9 +594,7 @@ def _to_float(raw: np.ndarray, rescale: _Rescale) -> np.ndarray:
 
 def _load_slice(instance: _Instance, out: np.ndarray, uid: str) -> None:
     """Stored values of one instance into ``out``: raw bytes when possible, else decoded."""
-    bits_stored = instance.attrs.get("BitsStored", instance.attrs["BitsAllocated"])
-    raw_ok = bits_stored == instance.attrs["BitsAllocated"] or instance.attrs.get("PixelRepresentation", 0) == 0
-    if raw_ok and instance.pixel_offset is not None:
+    if instance.pixel_offset is not None:
         assert instance.path is not None
         with open(instance.path, "rb", buffering=0) as fp:
             fp.seek(instance.pixel_offset)
@@ -594,7 +604,7 @@ def _load_slice(instance: _Instance, out: np.ndarray, uid: str) -> None:
         return
     ds = instance.dataset
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if ds is not None and raw_ok and (syntax in _NATIVE_LE or (syntax is None and ds.original_encoding[1] is not False)):
+    if ds is not None and (syntax in _NATIVE_LE or (syntax is None and ds.original_encoding[1] is not False)):
         data = ds.PixelData  # in-memory native pixels (little endian when no syntax is known)
         if isinstance(data, bytes) and len(data) in (out.nbytes, out.nbytes + 1):
             out[...] = np.frombuffer(data, dtype=out.dtype, count=out.size).reshape(out.shape)

@@ -214,6 +214,22 @@ def test_big_values_stay_exact_through_files(patient: SyntheticPatient, write_se
     np.testing.assert_array_equal(read.array, array)
 
 
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+def test_bits_above_high_bit_are_ignored_like_pydicom(signed: bool, patient: SyntheticPatient,
+                                                     write_series: Callable[..., list[Path]]) -> None:
+    datasets = ct_series_from_volume(make_volume(shape=(3, 4, 4)), patient)
+    stored = np.random.default_rng(7).integers(-2048 if signed else 0, 2048 if signed else 4096, size=(3, 4, 4))
+    for ds, plane in zip(datasets, stored):
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, int(signed)
+        ds.RescaleIntercept = "0"
+        ds.PixelData = ((plane & 0x0FFF) | 0xA000).astype(np.uint16).tobytes()  # junk in bits 12-15
+    expected = [pydicom.dcmread(p).pixel_array for p in write_series(datasets)]
+    for source in (datasets, write_series(datasets, "again")):
+        volume = read_series(source)
+        np.testing.assert_array_equal(volume.array, np.stack(expected))
+        np.testing.assert_array_equal(volume.array, stored)
+
+
 # -- compressed transfer syntaxes ---------------------------------------------------------------------
 
 
