@@ -122,3 +122,8 @@ class UnknownSegmentTypeError(SegmentationError, LookupError):
             f"unknown segment type {name!r}; the anatomy catalogue knows {', '.join(known)} "
             "(add an entry to medimg_kernel.anatomy.CATALOGUE for a new structure)"
         )
+
+
+class UnsupportedImageError(SeriesError):
+    """An image the series reader does not handle: multi-frame or enhanced objects,
+    colour images, Modality LUT Sequences. The message says how to convert it."""
