@@ -23,6 +23,7 @@ from .errors import (
     SegmentationError,
     SeriesError,
     SeriesGeometryError,
+    UnsupportedImageError,
 )
 from .volume import Volume
 
@@ -43,7 +44,7 @@ _LAZY = {
 __all__ = [
     "AccessDeniedError", "ConfigurationError", "DicomFileError", "DICOMwebError", "MedImgError",
     "MixedSeriesError", "NotAnImageError", "NotFoundError", "PixelDataError", "ReportError",
-    "SegmentationError", "SeriesError", "SeriesGeometryError", "Volume", *_LAZY,
+    "SegmentationError", "SeriesError", "SeriesGeometryError", "UnsupportedImageError", "Volume", *_LAZY,
 ]
 
 

@@ -28,6 +28,11 @@ from pydicom.dataset import Dataset
 from .errors import ConfigurationError
 
 
+#: Direction of an axial series in LPS: z along +S (the slice normal, row × column cosine),
+#: y along +P (rows go to the back), x along +L (columns go to the patient's left).
+AXIAL_DIRECTION = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+
+
 @dataclass(frozen=True, eq=False)
 class Volume:
     """Voxels of one series with their geometry in patient (LPS) space.
@@ -42,7 +47,10 @@ class Volume:
     origin
         LPS position (mm) of the centre of voxel ``[0, 0, 0]``.
     direction
-        3×3 matrix; row ``a`` is the LPS unit vector of array axis ``a``.
+        3×3 matrix; row ``a`` is the LPS unit vector of array axis ``a``. Defaults to
+        :data:`AXIAL_DIRECTION`. DICOM requires row 0 = row 2 × row 1 (the slice normal is
+        the cross product of the row and column direction cosines); series read from DICOM
+        always satisfy it.
     sources
         The source instances' headers (no pixel data), one per slice, in
         ``z`` order. Empty for volumes not read from DICOM.
@@ -53,7 +61,7 @@ class Volume:
     array: np.ndarray
     spacing: tuple[float, float, float]
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    direction: np.ndarray = field(default_factory=lambda: np.eye(3))
+    direction: np.ndarray = field(default_factory=lambda: AXIAL_DIRECTION.copy())
     sources: tuple[Dataset, ...] = ()
     study_instance_uid: str = ""
     series_instance_uid: str = ""

@@ -21,7 +21,7 @@ from medimg_kernel.segmentation import (
     write_seg,
 )
 from medimg_kernel.synthetic import SyntheticPatient, ct_series_from_volume
-from medimg_kernel.volume import Volume
+from medimg_kernel.volume import AXIAL_DIRECTION, Volume
 
 SEGMENTS = ["liver", "spleen", "kidney"]
 SHAPE = (12, 20, 24)
@@ -38,7 +38,7 @@ def rotation(axis: tuple[float, float, float], degrees: float) -> np.ndarray:
 
 def make_volume(direction: np.ndarray | None = None, *, shuffle: bool = True, seed: int = 0) -> Volume:
     """A small synthetic CT volume whose ``sources`` are its CT headers (shuffled by default)."""
-    direction = np.eye(3) if direction is None else direction
+    direction = AXIAL_DIRECTION if direction is None else direction
     grid = Volume(np.zeros(SHAPE, np.float32), (2.5, 0.7, 0.8), origin=(-10.0, 20.0, -30.5), direction=direction)
     patient = SyntheticPatient("SYN-001", "PHANTOM^SEG", generate_uid())
     datasets = ct_series_from_volume(grid, patient)
@@ -68,7 +68,7 @@ def make_labels(*, absent: str | None = "spleen") -> np.ndarray:
 
 
 OBLIQUE = {
-    "axial": np.eye(3),
+    "axial": AXIAL_DIRECTION,
     "oblique": rotation((1, 2, 0.5), 23),
     "oblique-left-handed": np.diag([-1.0, 1.0, 1.0]) @ rotation((0.3, -1, 2), 31),
 }
@@ -231,7 +231,7 @@ def test_volume_without_sources_or_with_foreign_geometry_is_refused():
     volume = make_volume()
     with pytest.raises(SegmentationError, match="no source instances"):
         write_seg(Volume(volume.array, volume.spacing), make_labels(), SEGMENTS, type_id="liver")
-    shifted = Volume(volume.array, volume.spacing, (0.0, 0.0, 0.0), sources=volume.sources)
+    shifted = Volume(volume.array, volume.spacing, (0.0, 0.0, 0.0), volume.direction, sources=volume.sources)
     with pytest.raises(SegmentationError, match="do not share a geometry"):
         write_seg(shifted, make_labels(), SEGMENTS, type_id="liver")
     rotated = Volume(volume.array, volume.spacing, volume.origin, OBLIQUE["oblique"], sources=volume.sources)
@@ -255,7 +255,8 @@ def test_reading_against_another_series_or_grid_is_refused(write_and_read):
     anonymous = Volume(other.array, other.spacing, other.origin, other.direction, sources=other.sources)
     with pytest.raises(SegmentationError, match="not a slice of series"):
         read_seg(seg, anonymous)
-    shifted = Volume(volume.array, volume.spacing, (0.0, 0.0, 0.0), series_instance_uid=volume.series_instance_uid)
+    shifted = Volume(volume.array, volume.spacing, (0.0, 0.0, 0.0), volume.direction,
+                     series_instance_uid=volume.series_instance_uid)
     with pytest.raises(SegmentationError, match="do not share a geometry|outside the volume"):
         read_seg(seg, shifted)
     with pytest.raises(SegmentationError, match="not a Segmentation"):
