@@ -235,7 +235,11 @@ def _organs(rng: np.random.Generator, cx: float, cy: float, zr: float, half_widt
             half_depth: float) -> tuple[_Blob, ...]:
     """Spine, muscles, liver, spleen, kidneys and aorta around the body centre (cx, cy), hila at zr.
 
-    Organ radii are proportions scaled to volumes drawn from ``LIVER_ML`` etc.
+    This function is the anatomical layout table: centres are mm offsets from the
+    vertebral body ``(sx, sy)`` or fractions of the cavity half-size, radii are mm
+    (or proportions, scaled to volumes drawn from ``LIVER_ML`` etc.), angles are
+    degrees about LPS x, y, z. Long structures (spine, aorta, muscles) are
+    ellipsoids ``BODY_CC_RADIUS_MM`` long, i.e. cylinders over the scan.
     """
     n, u = rng.normal, rng.uniform
     sx, sy = cx + n(0, 2), cy + 0.45 * half_depth  # vertebral body centre
