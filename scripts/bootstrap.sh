@@ -63,7 +63,8 @@ PYEOF
   fi
   say "installing Python dependencies (requirements.lock)"
   .venv/bin/python -m pip install -q -r requirements.lock
-  .venv/bin/python -m pip install -q --no-deps -e .
+  .venv/bin/python -m pip install -q --no-deps -e . > .venv/editable-install.log 2>&1 \
+    || { cat .venv/editable-install.log; exit 1; }
   if .venv/bin/python -m pip list 2>/dev/null | grep -qiE '^nvidia-|^triton '; then
     say "error: CUDA packages were pulled into .venv; remove .venv and set TORCH_INDEX_URL"; exit 1
   fi
