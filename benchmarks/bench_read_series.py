@@ -16,8 +16,6 @@ values of both results are checked for equality before anything is written.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import platform
 import statistics
 import sys
@@ -25,6 +23,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import write_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -38,7 +39,6 @@ from medimg_kernel.volume import Volume  # noqa: E402
 
 SHAPE = (200, 512, 512)
 DATA = ROOT / "benchmarks" / "data" / "ct_200x512x512"
-RESULT = ROOT / "benchmarks" / "results" / "read_series_vs_sitk.json"
 
 
 def phantom(shape: tuple[int, int, int]) -> np.ndarray:
@@ -126,7 +126,6 @@ def main() -> None:
         "goal": ">= 1.5",
         "unit": "x speed of SimpleITK",
         "command": "python benchmarks/bench_read_series.py",
-        "measured": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "details": {
             "series": f"{len(files)} files, {SHAPE[1]}x{SHAPE[2]}, uncompressed explicit VR little endian, "
                       f"{nbytes / 1e6:.0f} MB, page cache warm",
@@ -143,9 +142,9 @@ def main() -> None:
             "cpus": __import__("os").cpu_count(),
         },
     }
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    path = write_result("read_series_vs_sitk", value=result["value"], goal=result["goal"], unit=result["unit"],
+                        command=result["command"], details=result["details"])
+    print(f"{path.name}: {result['value']} {result['unit']} (goal {result['goal']})")
 
 
 if __name__ == "__main__":

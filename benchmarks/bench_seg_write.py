@@ -25,7 +25,6 @@ exactly. Writes ``benchmarks/results/seg_write_vs_dcmqi.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import platform
@@ -36,6 +35,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import write_result  # noqa: E402
 import pydicom
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +52,6 @@ from medimg_kernel.synthetic import SyntheticPatient, ct_series_from_volume  # n
 from medimg_kernel.volume import Volume  # noqa: E402
 
 DATA = ROOT / "benchmarks" / "data" / "seg_write"
-RESULT = ROOT / "benchmarks" / "results" / "seg_write_vs_dcmqi.json"
 SHAPE = (200, 256, 256)
 SPACING = (1.5, 0.78125, 0.78125)
 ORIGIN = (-100.0, -100.0, -200.0)
@@ -177,7 +178,6 @@ def main() -> None:
         "goal": "<= 1.0",
         "unit": "x dcmqi time",
         "command": "python benchmarks/bench_seg_write.py",
-        "measured": dt.date.today().isoformat(),
         "details": {
             "ours_median_s": round(ours_median, 4),
             "dcmqi_median_s": round(dcmqi_median, 4),
@@ -185,7 +185,7 @@ def main() -> None:
             "dcmqi_runs_s": [round(t, 4) for t in theirs],
             "ours": "write_seg (highdicom, BINARY, empty frames omitted) + save_as, warm process, "
                     "source headers in memory, 1 warm-up run excluded; runs alternate with dcmqi's",
-            "dcmqi": "itkimage2segimage binary via subprocess (process start + reading {len(files)} source files + "
+            "dcmqi": f"itkimage2segimage binary via subprocess (process start + reading {len(files)} source files + "
                      "NRRD + writing), 1 warm-up run excluded; that start-up and reading is its real cost",
             "series": {"shape_zyx": list(SHAPE), "spacing_mm": list(SPACING), "segments": SEGMENTS},
             "voxels_per_segment": counts,
@@ -197,9 +197,9 @@ def main() -> None:
             "cpus": os.cpu_count(),
         },
     }
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    path = write_result("seg_write_vs_dcmqi", value=result["value"], goal=result["goal"], unit=result["unit"],
+                        command=result["command"], details=result["details"])
+    print(f"{path.name}: {result['value']} {result['unit']} (goal {result['goal']})")
 
 
 def _dcmqi_version() -> str:
