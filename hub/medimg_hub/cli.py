@@ -17,7 +17,14 @@ import click
 from medimg_kernel.errors import MedImgError
 
 from .orthanc import OrthancServer
+from .services import platform_services
 from .settings import CONFIG_ENV_VAR, Settings, load_settings
+
+DESCRIPTIONS = {
+    "pacs": "PACS (Orthanc + DICOMweb)",
+    "broker": "Task queue broker (Redis)",
+    "mlflow": "MLflow tracking server + model registry",
+}
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +47,12 @@ def cli(ctx: click.Context, config_file: Path | None, verbose: bool) -> None:
 @click.pass_obj
 def up(settings: Settings, demo: bool) -> None:
     """Start the platform's services and load the demo data (idempotent)."""
-    pacs = OrthancServer(settings)
-    started = pacs.start()
-    click.echo(f"PACS (Orthanc + DICOMweb) {'started' if started else 'already running'} at {pacs.dicomweb_url}")
-    click.echo(f"  hub-side credentials: {pacs.secret_file} (mode 0600; never given to kernels)")
+    for service in platform_services(settings):
+        started = service.start()
+        click.echo(f"{DESCRIPTIONS[service.name]} {'started' if started else 'already running'} at {service.process.url}")
+        if isinstance(service, OrthancServer):
+            click.echo(f"  hub-side credentials: {service.secret_file} (mode 0600; never given to kernels)")
+            pacs = service
     if demo:
         _load_demo(settings, pacs)
 
@@ -78,9 +87,10 @@ def _load_demo(settings: Settings, pacs: OrthancServer) -> None:
 @cli.command()
 @click.pass_obj
 def down(settings: Settings) -> None:
-    """Stop the platform's services. Stored data stays under var/."""
-    stopped = OrthancServer(settings).stop()
-    click.echo("PACS stopped" if stopped else "PACS was not running")
+    """Stop the platform's services. Stored data stays under var/ and mlruns/."""
+    for service in reversed(platform_services(settings)):
+        stopped = service.stop()
+        click.echo(f"{DESCRIPTIONS[service.name]} {'stopped' if stopped else 'was not running'}")
 
 
 @cli.command()
@@ -88,8 +98,7 @@ def down(settings: Settings) -> None:
 @click.pass_obj
 def status(settings: Settings, as_json: bool) -> None:
     """Say which services run, where, and where their logs are."""
-    pacs = OrthancServer(settings)
-    rows = [pacs.process.status()]
+    rows = [service.process.status() for service in platform_services(settings)]
     if as_json:
         click.echo(json.dumps([{**r.__dict__, "log_file": str(r.log_file)} for r in rows], indent=2))
         return

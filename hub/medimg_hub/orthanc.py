@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ import requests
 
 from medimg_kernel.client import DICOMwebHTTPClient
 
+from .credentials import stored_secret, write_private
 from .process import ManagedProcess, ServiceError, port_in_use
 from .settings import Settings
 
@@ -55,6 +54,8 @@ class OrthancServer:
         Platform settings; ``[pacs]`` and ``[platform]`` are used.
     """
 
+    name = "pacs"
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.home = settings.var_dir / "orthanc"
@@ -74,12 +75,8 @@ class OrthancServer:
 
     def credentials(self) -> OrthancCredentials:
         """The account, generated (and stored with mode 0600) on first use."""
-        if self.secret_file.exists():
-            raw = json.loads(self.secret_file.read_text())
-            return OrthancCredentials(raw["username"], raw["password"])
-        creds = OrthancCredentials(ORTHANC_USER, secrets.token_urlsafe(32))
-        _write_private(self.secret_file, json.dumps(creds.__dict__))
-        return creds
+        raw = stored_secret(self.secret_file, {"username": ORTHANC_USER, "password": None})
+        return OrthancCredentials(raw["username"], raw["password"])
 
     def configuration(self) -> dict[str, Any]:
         """Orthanc's JSON configuration for these settings."""
@@ -124,7 +121,7 @@ class OrthancServer:
         """Write the configuration file (mode 0600: it holds the password)."""
         for sub in ("storage", "index"):
             (self.home / sub).mkdir(parents=True, exist_ok=True)
-        _write_private(self.config_file, json.dumps(self.configuration(), indent=2))
+        write_private(self.config_file, json.dumps(self.configuration(), indent=2))
         return self.config_file
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -165,12 +162,3 @@ class OrthancServer:
     def client(self) -> DICOMwebHTTPClient:
         """A DICOMweb client authenticated as the platform (hub side only)."""
         return DICOMwebHTTPClient(self.dicomweb_url, session=self.session())
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable by the owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(path, 0o600)

@@ -178,7 +178,11 @@ def _alive(pid: int) -> bool:
 
 
 def _is_our_process(pid: int, executable: str) -> bool:
-    """Whether ``pid`` is alive and runs ``executable`` (guards against pid reuse)."""
+    """Whether ``pid`` is alive and runs ``executable`` (guards against pid reuse).
+
+    Matches the command line's program (also when the process rewrote its title, as Redis
+    does: ``redis-server 127.0.0.1:6390``) or the executable file itself.
+    """
     if not _alive(pid):
         return False
     try:
@@ -186,7 +190,13 @@ def _is_our_process(pid: int, executable: str) -> bool:
     except (FileNotFoundError, PermissionError):
         return False
     name = os.path.basename(executable).encode()
-    return any(os.path.basename(part) == name for part in cmdline[:2])
+    programs = [part.split(b" ", 1)[0] for part in cmdline[:2] if part]
+    if any(os.path.basename(program) == name for program in programs):
+        return True
+    try:
+        return os.readlink(f"/proc/{pid}/exe") == os.path.realpath(executable)
+    except OSError:
+        return False
 
 
 def _tail(path: Path, lines: int = 20) -> str:

@@ -55,6 +55,49 @@ class PacsSettings:
 
 
 @dataclass(frozen=True)
+class MlflowSettings:
+    """The MLflow tracking server and model registry (a platform service)."""
+
+    #: HTTP port of the tracking server on 127.0.0.1.
+    port: int = 5500
+    #: Backend store URI; empty = SQLite at ``mlruns/mlflow.db`` in the repository
+    #: (MLflow 3.17 disables the file store by default).
+    backend_store_uri: str = ""
+    #: Where the server keeps artifacts (served to clients with --serve-artifacts).
+    artifacts_dir: Path = Path("mlruns/artifacts")
+    #: Registered model the pipelines use, and the alias they load.
+    registered_model: str = "organ-segmentation"
+    model_alias: str = "champion"
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """The task queue's broker (Celery). Empty ``broker_url`` = the platform's own Redis on loopback."""
+
+    #: A Redis or RabbitMQ URL for a broker run elsewhere (e.g. ``redis://host:6379/0``).
+    broker_url: str = ""
+    #: Port of the platform's own Redis on 127.0.0.1 (used when broker_url is empty).
+    redis_port: int = 6390
+    redis_executable: str = "/usr/bin/redis-server"
+    #: Seconds before the broker redelivers an unacknowledged task. Must exceed the longest
+    #: stage, or long stages run twice; the task store's reconciler covers lost workers sooner.
+    visibility_timeout_s: int = 7200
+
+
+@dataclass(frozen=True)
+class TasksSettings:
+    """The platform database (tasks, jobs, history) and the job watchdog."""
+
+    #: SQLAlchemy URL; empty = SQLite at ``var/platform.db``. PostgreSQL:
+    #: ``postgresql+psycopg://user:pass@host:5432/medimg``.
+    database_url: str = ""
+    #: Seconds between heartbeats of a running job.
+    heartbeat_s: float = 5.0
+    #: A running job whose last heartbeat is older than this (seconds) has lost its worker.
+    stale_after_s: float = 30.0
+
+
+@dataclass(frozen=True)
 class DemoSettings:
     """Synthetic demo sites loaded by ``medimg up --demo``."""
 
@@ -70,6 +113,9 @@ class Settings:
 
     platform: PlatformSettings = field(default_factory=PlatformSettings)
     pacs: PacsSettings = field(default_factory=PacsSettings)
+    mlflow: MlflowSettings = field(default_factory=MlflowSettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
+    tasks: TasksSettings = field(default_factory=TasksSettings)
     demo: DemoSettings = field(default_factory=DemoSettings)
     #: The folder relative paths are resolved against (the settings file's folder).
     base_dir: Path = REPO_ROOT
@@ -77,8 +123,24 @@ class Settings:
     @property
     def var_dir(self) -> Path:
         """Absolute run-time state folder."""
-        path = self.platform.var_dir
+        return self.resolve(self.platform.var_dir)
+
+    def resolve(self, path: Path) -> Path:
+        """``path`` made absolute against the settings file's folder."""
         return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+    @property
+    def database_url(self) -> str:
+        """The platform database's SQLAlchemy URL (default: SQLite under var/)."""
+        return self.tasks.database_url or f"sqlite:///{self.var_dir / 'platform.db'}"
+
+    @property
+    def mlflow_backend_store_uri(self) -> str:
+        return self.mlflow.backend_store_uri or f"sqlite:///{self.base_dir / 'mlruns' / 'mlflow.db'}"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return f"http://127.0.0.1:{self.mlflow.port}"
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values for display (paths as strings)."""
@@ -138,19 +200,31 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         raw = tomllib.loads(file.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"settings file {file} is not valid TOML: {exc}") from exc
-    sections = {"platform": PlatformSettings, "pacs": PacsSettings, "demo": DemoSettings}
+    sections = {
+        "platform": PlatformSettings, "pacs": PacsSettings, "mlflow": MlflowSettings,
+        "queue": QueueSettings, "tasks": TasksSettings, "demo": DemoSettings,
+    }
     unknown = sorted(set(raw) - set(sections))
     if unknown:
         raise ConfigurationError(f"unknown section(s) {unknown} in {file}; valid: {sorted(sections)}")
     built = {name: _build(cls, name, raw.get(name, {})) for name, cls in sections.items()}
-    _validate(built["pacs"], built["demo"])
+    _validate(built)
     return Settings(**built, base_dir=file.resolve().parent)
 
 
-def _validate(pacs: PacsSettings, demo: DemoSettings) -> None:
-    for name, port in (("http_port", pacs.http_port), ("dicom_port", pacs.dicom_port)):
-        if not 0 <= port <= 65535 or (name == "http_port" and port == 0):
-            raise ConfigurationError(f"[pacs] {name}={port} is not a valid TCP port")
+def _validate(built: dict[str, Any]) -> None:
+    pacs, demo, tasks = built["pacs"], built["demo"], built["tasks"]
+    ports = [("pacs", "http_port", pacs.http_port), ("mlflow", "port", built["mlflow"].port),
+             ("queue", "redis_port", built["queue"].redis_port)]
+    for section, name, port in ports:
+        if not 1 <= port <= 65535:
+            raise ConfigurationError(f"[{section}] {name}={port} is not a valid TCP port")
+    if not 0 <= pacs.dicom_port <= 65535:
+        raise ConfigurationError(f"[pacs] dicom_port={pacs.dicom_port} is not a valid TCP port")
+    if len({p for _, _, p in ports}) != len(ports):
+        raise ConfigurationError(f"two services share a port: {[(f'[{s}] {n}', p) for s, n, p in ports]}")
+    if tasks.stale_after_s < 3 * tasks.heartbeat_s:
+        raise ConfigurationError("[tasks] stale_after_s must be at least 3 × heartbeat_s, or live jobs look lost")
     if not 1 <= len(pacs.aet) <= 16:
         raise ConfigurationError(f"[pacs] aet={pacs.aet!r} must be 1-16 characters")
     if demo.n_sites < 1 or demo.studies_per_site < 1:

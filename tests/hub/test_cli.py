@@ -28,19 +28,24 @@ def test_every_subcommand_has_help(sub):
 @pytest.mark.integration
 def test_up_status_down_without_demo(tmp_path):
     config = tmp_path / "medimg.toml"
-    config.write_text(f'[platform]\nvar_dir = "var"\n[pacs]\nhttp_port = {free_port()}\n')
+    config.write_text(
+        f'[platform]\nvar_dir = "var"\n[pacs]\nhttp_port = {free_port()}\n[queue]\nredis_port = {free_port()}\n'
+        f'[mlflow]\nport = {free_port()}\nbackend_store_uri = "sqlite:///{tmp_path}/mlflow.db"\n'
+        f'artifacts_dir = "{tmp_path}/artifacts"\n'
+    )
     try:
         up = _medimg("up", "--no-demo", config=config)
         assert up.returncode == 0, up.stderr
-        assert "started at http://127.0.0.1:" in up.stdout
+        for what in ("PACS (Orthanc + DICOMweb) started", "Redis) started", "model registry started"):
+            assert what in up.stdout, up.stdout
         again = _medimg("up", "--no-demo", config=config)
-        assert "already running" in again.stdout
+        assert again.stdout.count("already running") == 3, again.stdout
         status = _medimg("status", config=config)
-        assert "running (pid" in status.stdout
+        assert status.stdout.count("running (pid") == 3, status.stdout
     finally:
         down = _medimg("down", config=config)
-    assert "PACS stopped" in down.stdout
-    assert "stopped" in _medimg("status", config=config).stdout
+    assert down.stdout.count(" stopped") == 3, down.stdout
+    assert "running (pid" not in _medimg("status", config=config).stdout
 
 
 def test_bad_settings_give_one_clear_line(tmp_path):
