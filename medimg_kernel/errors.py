@@ -232,3 +232,7 @@ class NotJobOwnerError(InvalidTransitionError):
 
     The worker must stop working on the job and discard its results.
     """
+
+
+class ConcurrentUpdateError(TaskStoreError):
+    """Another session changed the same job between this one's read and its write; reload and retry."""

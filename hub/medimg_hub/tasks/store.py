@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from medimg_kernel.errors import (
+    ConcurrentUpdateError,
     ConfigurationError,
     InvalidTransitionError,
     NotJobOwnerError,
@@ -112,7 +113,7 @@ class TaskStore:
             with self._sessions() as session, session.begin():
                 yield session
         except StaleDataError as exc:
-            raise TaskStoreError(f"a job changed concurrently ({exc}); reload it and try again") from exc
+            raise ConcurrentUpdateError(f"a job changed concurrently ({exc}); reload it and try again") from exc
 
     def _now(self) -> datetime:
         now = self._clock()
@@ -360,6 +361,13 @@ class TaskStore:
         A worker that gets ``None`` drops the message without running anything.
         """
         _check_actor(worker_id)
+        try:
+            return self._claim(job_id, worker_id)
+        except ConcurrentUpdateError:
+            log.info("job %s: claim by %s lost a race", job_id, worker_id)
+            return None
+
+    def _claim(self, job_id: str, worker_id: str) -> JobRecord | None:
         with self._transaction() as session:
             job = self._job(session, job_id)
             if job.kind != StageKind.AUTO:
