@@ -1,16 +1,20 @@
 """The job state machine and the task status derived from a task's jobs.
 
-Auto stages (a worker runs a notebook)::
+Allowed changes (anything else raises :class:`InvalidTransitionError`):
 
-    pending ──(dependencies done)──▶ queued ──claim──▶ running ──▶ succeeded
-       │                              │  ▲               │ ├────▶ failed     (error, no attempts left)
-       │                              │  └──retry/requeue┘ └────▶ cancelled  (worker honoured a cancel request)
-       └──────────▶ cancelled ◀───────┘
-
-Manual stages (a person decides through :meth:`TaskStore.decide`)::
-
-    pending ──(dependencies done)──▶ waiting_review ──decide──▶ accepted | corrected | rejected
-       └──────────▶ cancelled ◀──────────┘
+==============  =====================================  ==========================================
+kind            from                                   to
+==============  =====================================  ==========================================
+auto            pending                                queued (dependencies done), cancelled
+auto            queued                                 running (claim), cancelled
+auto            running                                succeeded, failed, cancelled (worker
+                                                       honoured a cancel request), queued (retry
+                                                       after a failure or a vanished worker)
+manual          pending                                waiting_review (dependencies done),
+                                                       cancelled
+manual          waiting_review                         accepted, corrected, rejected (only
+                                                       :meth:`TaskStore.decide`), cancelled
+==============  =====================================  ==========================================
 
 A job's dependencies are done when each is ``succeeded``, ``accepted`` or ``corrected``.
 When a job ends in ``failed``, ``rejected`` or ``cancelled``, the jobs that depend on it
