@@ -127,3 +127,117 @@ class UnknownSegmentTypeError(SegmentationError, LookupError):
 class UnsupportedImageError(SeriesError):
     """An image the series reader does not handle: multi-frame or enhanced objects,
     colour images, Modality LUT Sequences. The message says how to convert it."""
+
+
+class PipelineError(MedImgError, ValueError):
+    """A pipeline descriptor is invalid; ``field`` names the offending field.
+
+    Attributes
+    ----------
+    field
+        Path of the offending field inside the descriptor, e.g.
+        ``"stages[1].parameters[0].default"`` (``""`` for the descriptor as a whole).
+    reason
+        What is wrong and how to fix it, in words.
+    source
+        The descriptor file, or ``""`` for a descriptor built in code.
+    """
+
+    def __init__(self, reason: str, *, field: str = "", source: str | PathLike[str] = "") -> None:
+        self.reason = reason
+        self.field = field
+        self.source = str(source)
+        super().__init__(reason)
+
+    def prefixed(self, prefix: str) -> "PipelineError":
+        """Put ``prefix`` in front of :attr:`field` (used while descending a descriptor)."""
+        if prefix:
+            joiner = "" if not self.field or self.field.startswith("[") else "."
+            self.field = f"{prefix}{joiner}{self.field}" if self.field else prefix
+        return self
+
+    def __str__(self) -> str:
+        where = f"{self.source}: " if self.source else ""
+        what = f"{self.field}: " if self.field else ""
+        return f"{where}{what}{self.reason}"
+
+
+class ParameterError(PipelineError):
+    """A parameter value given for a pipeline run is missing, unknown or invalid.
+
+    Attributes
+    ----------
+    parameter
+        The parameter's name.
+    """
+
+    def __init__(self, parameter: str, reason: str, *, field: str | None = None) -> None:
+        self.parameter = parameter
+        super().__init__(reason, field=f"parameters.{parameter}" if field is None else field)
+
+
+class TaskStoreError(MedImgError, RuntimeError):
+    """The task store cannot do what was asked (root of the task-store errors)."""
+
+
+class SchemaVersionError(TaskStoreError):
+    """The task database is not at the schema revision this code expects.
+
+    Attributes
+    ----------
+    current
+        The database's revision (``None`` for a database never migrated).
+    head
+        The revision the code expects.
+    """
+
+    def __init__(self, message: str, *, current: str | None, head: str | None) -> None:
+        self.current = current
+        self.head = head
+        super().__init__(message)
+
+
+class TaskNotFoundError(TaskStoreError, LookupError):
+    """No task or job has the given id.
+
+    Attributes
+    ----------
+    kind
+        ``"task"`` or ``"job"``.
+    id
+        The id that was looked up.
+    """
+
+    def __init__(self, kind: str, id: str) -> None:
+        self.kind = kind
+        self.id = id
+        super().__init__(f"no {kind} with id {id!r}")
+
+
+class InvalidTransitionError(TaskStoreError, ValueError):
+    """A job cannot make the requested state change.
+
+    Attributes
+    ----------
+    job_id
+        The job concerned.
+    from_status, to_status
+        The job's status and the requested one.
+    """
+
+    def __init__(self, job_id: str, from_status: str, to_status: str, reason: str) -> None:
+        self.job_id = job_id
+        self.from_status = from_status
+        self.to_status = to_status
+        super().__init__(f"job {job_id}: cannot go from {from_status} to {to_status}: {reason}")
+
+
+class NotJobOwnerError(InvalidTransitionError):
+    """A worker reported on a job it no longer holds (it was re-queued, cancelled or finished).
+
+    The worker must stop working on the job and discard its results.
+    """
+
+
+class ConcurrentUpdateError(TaskStoreError):
+    """Another session changed the same job between this one's read and its write; reload and retry."""
