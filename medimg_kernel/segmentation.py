@@ -22,65 +22,49 @@ Conventions (DESIGN.md §4):
   sorted along the volume's slice normal before highdicom sees them
   (highdicom pairs frame ``i`` with ``source_images[i]`` without checking).
   Empty frames are omitted (highdicom's default).
+
+The public functions are here; :mod:`medimg_kernel.seg_encoding` checks and converts
+``write_seg``'s arguments for highdicom, :mod:`medimg_kernel.seg_frames` pairs frames
+with slices and decodes them, and :mod:`medimg_kernel._highdicom_speedups` holds a
+speed-up of highdicom installed when this module is imported.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import highdicom as hd
-import highdicom.utils
 import numpy as np
-from highdicom._standard_utils import is_multiframe_image
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from . import __version__
-from .anatomy import SegmentType, find_segment_type, get_segment_type
+from . import __version__, _highdicom_speedups
+from .anatomy import find_segment_type
 from .errors import SegmentationError
+from .seg_encoding import MODEL_PREFIX as MODEL_PREFIX  # re-exported: public here
+from .seg_encoding import SEG_SOP_CLASS_UIDS as SEG_SOP_CLASS_UIDS  # re-exported: public here
+from .seg_encoding import (
+    _check_referenced_seg,
+    _descriptions,
+    _drop_image_level_source_references,
+    _names_from_type_id,
+    _person_name,
+    _pixel_array,
+    _segment_types,
+)
+from .seg_frames import POSITION_TOLERANCE_MM as POSITION_TOLERANCE_MM  # re-exported: public here
+from .seg_frames import _SEGMENTATION_TYPES, _decode_segments, _sorted_sources
 from .volume import Volume
 
 logger = logging.getLogger(__name__)
 
-#: Prefix of the SeriesDescription of model outputs (DESIGN.md §4).
-MODEL_PREFIX = "model_"
-_TYPE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,57}")
-_SEGMENTATION_TYPES = ("BINARY", "LABELMAP")
-#: Segmentation Storage and Label Map Segmentation Storage.
-SEG_SOP_CLASS_UIDS = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"})
-#: Largest distance (mm) between a frame's or slice's position and the volume's grid.
-POSITION_TOLERANCE_MM = 0.05
 
-
-@functools.lru_cache(maxsize=64)
-def _iod_is_multiframe(sop_class_uid: str) -> bool:
-    probe = Dataset()
-    probe.SOPClassUID = sop_class_uid
-    return bool(is_multiframe_image(probe))
-
-
-def _is_multiframe_image_by_class(dataset: Dataset) -> bool:
-    """highdicom's ``is_multiframe_image``, memoised by SOP Class UID.
-
-    highdicom 0.28 decides "multi-frame" from the IOD alone (its docstring: whether
-    the IOD allows multiple frames), but scans the IOD's module tables once per
-    source image: ~0.12 ms × 200 slices, a quarter of ``write_seg``. The answer
-    depends only on SOPClassUID, so caching it changes no output.
-    """
-    uid = dataset.get("SOPClassUID")
-    return _iod_is_multiframe(str(uid)) if uid else bool(is_multiframe_image(dataset))
-
-
-# Installed only where highdicom.utils still uses the function we memoise.
-if getattr(highdicom.utils, "is_multiframe_image", None) is is_multiframe_image:
-    highdicom.utils.is_multiframe_image = _is_multiframe_image_by_class
+_highdicom_speedups.install()
 
 
 @dataclass(frozen=True)
@@ -342,124 +326,6 @@ def describe_seg(seg: Dataset) -> SegInfo:
     )
 
 
-# --- writing helpers -------------------------------------------------------------------------
-
-
-def _names_from_type_id(type_id: str, is_model: bool) -> tuple[str, str]:
-    """(SeriesDescription, ContentLabel) for ``type_id``."""
-    if not isinstance(type_id, str) or not _TYPE_ID.fullmatch(type_id):
-        raise SegmentationError(
-            f"type_id must be 1-58 letters, digits, '_', '.' or '-' starting with a letter or digit; got {type_id!r}"
-        )
-    if type_id.startswith(MODEL_PREFIX):
-        raise SegmentationError(
-            f"type_id {type_id!r} starts with {MODEL_PREFIX!r}: pass the bare type id; "
-            "the prefix is added when an algorithm is given"
-        )
-    description = MODEL_PREFIX + type_id if is_model else type_id
-    content_label = re.sub(r"[^A-Z0-9_ ]", "_", description.upper())[:16]
-    return description, content_label
-
-
-def _segment_types(segments: Sequence[str]) -> list[SegmentType]:
-    if isinstance(segments, str) or len(segments) == 0:
-        raise SegmentationError(f"segments must be a non-empty list of catalogue names; got {segments!r}")
-    entries = [get_segment_type(name) for name in segments]
-    names = [e.name for e in entries]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise SegmentationError(f"segments lists {', '.join(duplicates)} more than once; each segment once")
-    return entries
-
-
-def _pixel_array(labels: np.ndarray, shape: tuple[int, int, int], n: int, segmentation_type: str) -> np.ndarray:
-    """Check ``labels`` and return the array highdicom expects (label map or z, y, x, segment stack)."""
-    labels = np.asarray(labels)
-    if labels.ndim == 4:
-        if labels.shape != (n, *shape):
-            raise SegmentationError(
-                f"mask stack shape {labels.shape} must be (len(segments), z, y, x) = {(n, *shape)}"
-            )
-        if labels.dtype != bool:
-            raise SegmentationError(f"a 4-D mask stack must be boolean; got dtype {labels.dtype}")
-        if segmentation_type == "LABELMAP" and np.any(labels.sum(axis=0, dtype=np.uint16) > 1):
-            raise SegmentationError("segments overlap: LABELMAP cannot hold overlapping segments; use BINARY")
-        return np.moveaxis(labels, 0, -1).view(np.uint8)
-    if labels.shape != shape:
-        raise SegmentationError(f"labels shape {labels.shape} differs from the volume's (z, y, x) {shape}")
-    if labels.dtype == bool:
-        labels = labels.view(np.uint8)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise SegmentationError(f"labels must be an integer label map (or bool masks); got dtype {labels.dtype}")
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high > n:
-        raise SegmentationError(
-            f"labels hold values {low}..{high} but only 0 (background) and 1..{n} have a segment; "
-            f"segments = {n} names"
-        )
-    return labels.astype(np.uint8 if n <= 255 else np.uint16, copy=False)
-
-
-def _descriptions(entries: list[SegmentType], algorithm: AlgorithmIdentification | None) -> list[hd.seg.SegmentDescription]:
-    descriptions = []
-    for number, entry in enumerate(entries, start=1):
-        description = hd.seg.SegmentDescription(
-            segment_number=number,
-            segment_label=entry.name,
-            segmented_property_category=entry.property_category,
-            segmented_property_type=entry.property_type,
-            algorithm_type="AUTOMATIC" if algorithm is not None else "MANUAL",
-            algorithm_identification=algorithm.to_sequence() if algorithm is not None else None,
-            display_color=hd.color.CIELabColor.from_rgb(*entry.rgb),
-        )
-        if entry.property_type_modifier is not None:
-            description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
-                hd.sr.CodedConcept.from_code(entry.property_type_modifier)
-            ]
-        descriptions.append(description)
-    return descriptions
-
-
-def _drop_image_level_source_references(seg: Dataset) -> None:
-    """Keep only SEG items in the top-level SourceImageSequence (General Reference module, type U).
-
-    Each frame references its CT slice in DerivationImageSequence and every CT
-    instance is listed in ReferencedSeriesSequence, so the 1-per-slice
-    top-level list is redundant (dcmqi does not write it) and costs ~15 % of
-    ``save_as``. The referenced model SEG (no per-frame reference) stays.
-    """
-    kept = [item for item in seg.get("SourceImageSequence", []) if item.ReferencedSOPClassUID in SEG_SOP_CLASS_UIDS]
-    if kept:
-        seg.SourceImageSequence = kept
-    elif "SourceImageSequence" in seg:
-        del seg.SourceImageSequence
-
-
-def _person_name(name: str | None) -> str | None:
-    if name is None:
-        return None
-    if not isinstance(name, str) or not name.strip() or len(name) > 64 or re.search(r"[\\\x00-\x1f]", name):
-        raise SegmentationError(
-            "content_creator must be a DICOM person name such as 'FAMILY^GIVEN' "
-            "(at most 64 characters, no backslash or control characters)"
-        )
-    return name
-
-
-def _check_referenced_seg(referenced: Dataset, source: Dataset) -> Dataset:
-    if referenced.get("SOPClassUID") not in SEG_SOP_CLASS_UIDS:
-        raise SegmentationError(f"referenced_seg must be a SEG instance; got SOP class {referenced.get('SOPClassUID')}")
-    if referenced.get("StudyInstanceUID") != source.StudyInstanceUID:
-        raise SegmentationError(
-            f"referenced_seg {referenced.SOPInstanceUID} belongs to another study than the volume's sources"
-        )
-    if referenced.get("FrameOfReferenceUID") != source.FrameOfReferenceUID:
-        raise SegmentationError(
-            f"referenced_seg {referenced.SOPInstanceUID} is in another frame of reference than the volume"
-        )
-    return referenced
-
-
 # --- reading helpers -------------------------------------------------------------------------
 
 
@@ -498,133 +364,3 @@ def _content_datetime(seg: Dataset) -> datetime | None:
     except ValueError:
         logger.warning("SEG %s: unreadable ContentDate/ContentTime", seg.get("SOPInstanceUID"))
         return None
-
-
-# --- geometry: pairing slices, sources and frames ----------------------------------------------
-
-
-def _sorted_sources(volume: Volume) -> list[Dataset]:
-    """``volume.sources`` sorted along the slice normal, checked against ``volume``'s grid."""
-    if not volume.sources:
-        raise SegmentationError(
-            "volume has no source instances (Volume.sources is empty): a SEG must reference its CT series; "
-            "read the volume with read_series"
-        )
-    first = volume.sources[0]
-    for ds in volume.sources:
-        if ds.get("SeriesInstanceUID") != first.get("SeriesInstanceUID") or "ImagePositionPatient" not in ds:
-            raise SegmentationError(
-                f"source {ds.get('SOPInstanceUID')} is not a slice of series {first.get('SeriesInstanceUID')}"
-            )
-    if len({ds.SOPInstanceUID for ds in volume.sources}) != len(volume.sources):
-        raise SegmentationError("volume.sources hold the same SOPInstanceUID more than once")
-    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in volume.sources])
-    order = np.argsort(positions @ volume.direction[0], kind="stable")
-    sources = [volume.sources[k] for k in order]
-    _check_plane(first, volume, f"source series {first.SeriesInstanceUID}")
-    _check_positions(positions[order], volume, "source slice")
-    return sources
-
-
-def _check_plane(ds: Dataset, volume: Volume, what: str, *, orientation: Sequence[float] | None = None,
-                 spacing: Sequence[float] | None = None) -> None:
-    """Rows/Columns, ImageOrientationPatient and PixelSpacing of ``ds`` against ``volume``'s grid."""
-    if (int(ds.Rows), int(ds.Columns)) != volume.shape[1:]:
-        raise SegmentationError(f"{what}: {ds.Rows}x{ds.Columns} pixels but the volume has {volume.shape[1:]} (y, x)")
-    iop = np.array([float(v) for v in (orientation if orientation is not None else ds.ImageOrientationPatient)])
-    expected = np.concatenate([volume.direction[2], volume.direction[1]])
-    if not np.allclose(iop, expected, atol=1e-4):
-        raise SegmentationError(f"{what}: ImageOrientationPatient {iop.round(5).tolist()} differs from the volume's")
-    pixel_spacing = np.array([float(v) for v in (spacing if spacing is not None else ds.PixelSpacing)])
-    if not np.allclose(pixel_spacing, volume.spacing[1:], atol=1e-3):
-        raise SegmentationError(f"{what}: PixelSpacing {pixel_spacing.tolist()} differs from the volume's {volume.spacing[1:]}")
-
-
-def _check_positions(positions: np.ndarray, volume: Volume, what: str, slices: np.ndarray | None = None) -> None:
-    """Each ImagePositionPatient row must be the volume's position of slice ``slices[i]`` (default ``i``)."""
-    slices = np.arange(volume.shape[0]) if slices is None else slices
-    expected = volume.index_to_lps(np.stack([slices, np.zeros_like(slices), np.zeros_like(slices)], axis=1))
-    error = np.linalg.norm(positions - expected, axis=1)
-    if error.size and error.max() > POSITION_TOLERANCE_MM:
-        bad = int(np.argmax(error))
-        raise SegmentationError(
-            f"{what} {bad} lies {error[bad]:.3f} mm from slice {int(slices[bad])} of the volume's grid "
-            f"(tolerance {POSITION_TOLERANCE_MM} mm): the SEG and the volume do not share a geometry"
-        )
-
-
-def _frame_slices(seg: Dataset, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
-    """(slice index, ImagePositionPatient) of every frame, by referenced SOP Instance UID or position."""
-    index_of = {}
-    if volume.sources:
-        order = np.argsort([np.dot([float(v) for v in ds.ImagePositionPatient], volume.direction[0])
-                            for ds in volume.sources], kind="stable")
-        index_of = {str(volume.sources[k].SOPInstanceUID): z for z, k in enumerate(order)}
-    shared = seg.SharedFunctionalGroupsSequence[0]
-    slices, positions = [], []
-    for number, frame in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
-        plane = frame.get("PlanePositionSequence") or shared.get("PlanePositionSequence")
-        if not plane:
-            raise SegmentationError(f"SEG {seg.SOPInstanceUID}: frame {number} has no PlanePositionSequence")
-        position = np.array([float(v) for v in plane[0].ImagePositionPatient])
-        uids = [src.ReferencedSOPInstanceUID for d in frame.get("DerivationImageSequence", [])
-                for src in d.get("SourceImageSequence", [])]
-        if index_of and uids:
-            known = [index_of[u] for u in uids if u in index_of]
-            if not known:
-                raise SegmentationError(
-                    f"SEG {seg.SOPInstanceUID}: frame {number} references instance {uids[0]}, "
-                    f"which is not a slice of series {volume.series_instance_uid or '<volume>'}"
-                )
-            slices.append(known[0])
-        else:
-            k = float(volume.lps_to_index(position)[0])
-            slices.append(int(round(k)))
-        positions.append(position)
-    return np.array(slices, dtype=int), np.array(positions).reshape(-1, 3)
-
-
-def _check_seg_grid(seg: Dataset, volume: Volume) -> None:
-    """Frame of reference, series reference and in-plane geometry of ``seg`` against ``volume``."""
-    if volume.frame_of_reference_uid and seg.get("FrameOfReferenceUID") != volume.frame_of_reference_uid:
-        raise SegmentationError(f"SEG {seg.SOPInstanceUID} is in another frame of reference than the volume")
-    if volume.series_instance_uid:
-        referenced = {str(s.SeriesInstanceUID) for s in seg.get("ReferencedSeriesSequence", [])}
-        if volume.series_instance_uid not in referenced:
-            raise SegmentationError(
-                f"SEG {seg.SOPInstanceUID} does not reference series {volume.series_instance_uid} "
-                f"(it references {sorted(referenced) or 'no series'})"
-            )
-    shared = seg.SharedFunctionalGroupsSequence[0]
-    orientation = shared.PlaneOrientationSequence[0].ImageOrientationPatient
-    spacing = shared.PixelMeasuresSequence[0].PixelSpacing
-    _check_plane(seg, volume, f"SEG {seg.SOPInstanceUID}", orientation=orientation, spacing=spacing)
-
-
-def _decode_segments(seg: Dataset, volume: Volume, n_segments: int) -> np.ndarray:
-    """Boolean masks ``(n_segments, z, y, x)`` from the frames of ``seg``."""
-    seg_type = str(seg.get("SegmentationType", ""))
-    if seg_type not in _SEGMENTATION_TYPES:
-        raise SegmentationError(f"SEG {seg.SOPInstanceUID}: SegmentationType {seg_type!r} is not supported (BINARY, LABELMAP)")
-    _check_seg_grid(seg, volume)
-    slices, positions = _frame_slices(seg, volume)
-    if slices.size and (slices.min() < 0 or slices.max() >= volume.shape[0]):
-        raise SegmentationError(f"SEG {seg.SOPInstanceUID}: frames lie outside the volume's {volume.shape[0]} slices")
-    _check_positions(positions, volume, f"SEG {seg.SOPInstanceUID} frame", slices)
-    frames = seg.pixel_array.reshape(-1, *volume.shape[1:])
-    masks = np.zeros((n_segments, *volume.shape), dtype=bool)
-    if seg_type == "LABELMAP":
-        for frame, z in zip(frames, slices):
-            for number in np.unique(frame[frame > 0]):
-                if number > n_segments:
-                    raise SegmentationError(f"SEG {seg.SOPInstanceUID}: pixel value {number} has no segment")
-                masks[number - 1, z] |= frame == number
-        return masks
-    shared = seg.SharedFunctionalGroupsSequence[0]
-    for frame, z, item in zip(frames, slices, seg.PerFrameFunctionalGroupsSequence):
-        identification = item.get("SegmentIdentificationSequence") or shared.get("SegmentIdentificationSequence")
-        if not identification:
-            raise SegmentationError(f"SEG {seg.SOPInstanceUID}: a frame has no SegmentIdentificationSequence")
-        number = int(identification[0].ReferencedSegmentNumber)
-        masks[number - 1, z] |= frame.astype(bool)
-    return masks

@@ -5,27 +5,12 @@ a directory, a list of files or a list of :class:`pydicom.dataset.Dataset`, chec
 the instances form one regular stack of single-frame greyscale slices and returns the
 voxels in Hounsfield units (or the modality's rescaled units) with their LPS geometry.
 
-Geometry rules (all lengths in millimetres, patient coordinates LPS):
-
-* The slice normal is the cross product of the row and column direction cosines of
-  ImageOrientationPatient; slices are sorted by the projection of ImagePositionPatient
-  on it, ascending, whatever the input order.
-* The slice spacing is the distance between the first and last projected positions
-  divided by the number of steps, never SliceThickness or SpacingBetweenSlices (those
-  are used only for a single-slice series: SpacingBetweenSlices, else SliceThickness,
-  else 1 mm with a warning).
-* Tolerances: orientation cosines agree within ``ORIENTATION_ATOL``; every slice lies
-  within ``max(POSITION_ATOL_MM, SPACING_RTOL * spacing)`` of its place on the regular
-  grid along the normal, and within ``max(POSITION_ATOL_MM, INPLANE_RTOL * pixel
-  spacing)`` of the first slice in the image plane (so positions rounded to ~6
-  significant digits pass); slices closer than ``POSITION_ATOL_MM`` are duplicates; a
-  step larger than ``GAP_FACTOR`` median steps means missing slices.
-
-Uncompressed little-endian files are not decoded: headers are parsed with the pixel data
-deferred, then each file's pixel bytes are read straight into one preallocated array
-(a few threads overlap the reads) and the rescale is applied in place. Other transfer
-syntaxes (JPEG, JPEG-LS, JPEG 2000, RLE, big endian, deflate) are decoded by pydicom's
-pixel data handlers (pylibjpeg, pyjpegls).
+The steps live in their own modules: header collection and the checks of each
+instance are here; sorting along the slice normal, spacing, tolerances and the direction
+matrix are in :mod:`medimg_kernel.geometry` (its docstring states the geometry rules and
+the tolerance constants, re-exported here); reading and rescaling the pixel data (the
+fast ``readinto`` path for uncompressed files, decoding otherwise) is in
+:mod:`medimg_kernel.pixels`.
 """
 
 from __future__ import annotations
@@ -35,7 +20,6 @@ import os
 import warnings
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +30,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID
 
 from .dicomweb import DICOMwebProtocol
 from .errors import (
@@ -56,35 +40,30 @@ from .errors import (
     NotAnImageError,
     PixelDataError,
     SeriesError,
-    SeriesGeometryError,
     UnsupportedImageError,
 )
+from .geometry import (  # the tolerance constants are re-exported: part of this module's API
+    GAP_FACTOR,
+    INPLANE_RTOL,
+    ORIENTATION_ATOL,
+    POSITION_ATOL_MM,
+    SPACING_RTOL,
+    _stack_geometry,
+    _StackGeometry,
+)
+from .pixels import _PIXEL_DATA, _raw_pixel_offset, _read_pixels, _rescale_of
 from .volume import Volume
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["read_series", "ORIENTATION_ATOL", "POSITION_ATOL_MM", "SPACING_RTOL", "INPLANE_RTOL", "GAP_FACTOR"]
 
-#: Largest difference between slices' ImageOrientationPatient cosines (unitless).
-ORIENTATION_ATOL = 1e-4
-#: Position tolerance along the normal (mm); slices closer than this are duplicates.
-POSITION_ATOL_MM = 0.02
-#: Tolerance of a slice's distance from its regular-grid place, relative to the spacing.
-SPACING_RTOL = 0.02
-#: In-plane shift allowed between slices, as a fraction of the pixel spacing.
-INPLANE_RTOL = 0.1
-#: A step larger than this many median steps is a gap (missing slices).
-GAP_FACTOR = 1.5
-
-_PIXEL_DATA = 0x7FE00010
 #: Pixel data tags (float, double, integer) removed from the headers kept in ``Volume.sources``.
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, _PIXEL_DATA})
 #: Elements longer than this (bytes) are not loaded while parsing headers.
 _DEFER_BYTES = 4096
-_NATIVE_LE = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
 #: Segmentation and label-map segmentation storage: pixel data, but not images.
 _NOT_IMAGES = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"})
-_IO_THREADS = 4
 #: Attributes read once per instance: string-valued (list of strings) and US (int).
 _TEXT_TAGS = {
     "SOPClassUID": 0x00080016, "Modality": 0x00080060, "StudyInstanceUID": 0x0020000D,
@@ -285,20 +264,6 @@ def _attributes(ds: Dataset, label: str) -> dict[str, Any]:
     return attrs
 
 
-def _raw_pixel_offset(ds: Dataset, attrs: dict[str, Any], path: Path, size: int) -> int | None:
-    """File offset of uncompressed little-endian pixel data, else ``None`` (decode instead)."""
-    elem = ds.get_item(_PIXEL_DATA, keep_deferred=True)
-    if not isinstance(elem, RawDataElement) or elem.value_tell is None or elem.length == 0xFFFFFFFF:
-        return None
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if (syntax is not None and syntax not in _NATIVE_LE) or not ds.original_encoding[1]:
-        return None
-    if elem.value_tell + elem.length > size:
-        raise PixelDataError(attrs["SeriesInstanceUID"][0], f"{path}: pixel data truncated: the element "
-                             f"claims {elem.length} bytes at offset {elem.value_tell}, the file has {size}")
-    return int(elem.value_tell)
-
-
 def _from_dataset(ds: Dataset, n: int) -> _Instance:
     """Header copy of a caller's dataset (which is left untouched)."""
     if not isinstance(ds, Dataset):
@@ -384,243 +349,3 @@ def _check_consistent(instances: list[_Instance], uid: str) -> None:
             odd = next(i for i in instances if str(i.attrs.get(keyword, "")) != common)
             raise MixedSeriesError(uid, f"{keyword} differs between instances ({_listing(values)}), "
                                         f"e.g. in {odd.label}")
-
-
-# -- step 3: geometry ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _StackGeometry:
-    order: list[int]  # input indices in ascending position along the normal
-    spacing: tuple[float, float, float]  # (dz, dy, dx) mm
-    origin: tuple[float, float, float]  # LPS mm of the first slice's first voxel
-    direction: np.ndarray  # rows: normal, column cosine, row cosine
-
-
-def _stack_geometry(instances: Sequence[_Instance], uid: str) -> _StackGeometry:
-    """Sort slices along the normal and derive spacing, origin and direction."""
-    direction = _orientation(instances, uid)
-    dy, dx = _pixel_spacing(instances, uid)
-    positions = np.array([_floats(i, "ImagePositionPatient", 3, uid) for i in instances])
-    order = np.argsort(positions @ direction[0], kind="stable")
-    ordered = [instances[k] for k in order]
-    positions = positions[order]
-    dz = _slice_spacing(positions, direction[0], ordered, uid)
-    _check_in_plane(positions, direction, (dy, dx), ordered, uid)
-    return _StackGeometry([int(k) for k in order], (dz, dy, dx), tuple(positions[0]), direction)
-
-
-def _floats(instance: _Instance, keyword: str, count: int, uid: str) -> np.ndarray:
-    """``count`` finite numbers of a decimal-string attribute."""
-    try:
-        numbers = np.array([float(v) for v in instance.attrs.get(keyword, [])], dtype=float)
-    except ValueError as exc:
-        raise SeriesGeometryError(uid, f"{instance.label}: {keyword} is not numeric") from exc
-    if numbers.shape != (count,) or not np.all(np.isfinite(numbers)):
-        raise SeriesGeometryError(uid, f"{instance.label}: {keyword} is missing or does not hold {count} "
-                                       "numbers; read_series needs the geometry of every slice")
-    return numbers
-
-
-def _orientation(instances: Sequence[_Instance], uid: str) -> np.ndarray:
-    """Orthonormal direction matrix (rows: normal, column cosine, row cosine) shared by all slices."""
-    cosines = np.array([_floats(i, "ImageOrientationPatient", 6, uid) for i in instances])
-    deviation = np.abs(cosines - cosines[0]).max(axis=1)
-    if deviation.max() > ORIENTATION_ATOL:
-        k = int(deviation.argmax())
-        raise MixedSeriesError(uid, f"ImageOrientationPatient differs between slices: {instances[k].label} "
-                                    f"has {_fmt(cosines[k])}, {instances[0].label} has {_fmt(cosines[0])}")
-    row, col = cosines.mean(axis=0)[:3], cosines.mean(axis=0)[3:]
-    if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3 or abs(row @ col) > 1e-3:
-        raise SeriesGeometryError(uid, f"ImageOrientationPatient {_fmt(cosines[0])} is not two orthogonal "
-                                       "unit vectors")
-    row = row / np.linalg.norm(row)
-    col = col - (col @ row) * row
-    col = col / np.linalg.norm(col)
-    return np.stack([np.cross(row, col), col, row])
-
-
-def _pixel_spacing(instances: Sequence[_Instance], uid: str) -> tuple[float, float]:
-    values = np.array([_floats(i, "PixelSpacing", 2, uid) for i in instances])
-    if np.any(values <= 0):
-        raise SeriesGeometryError(uid, f"{instances[0].label}: PixelSpacing must be positive")
-    deviation = np.abs(values - values[0]).max(axis=1) / values[0].min()
-    if deviation.max() > 1e-4:
-        k = int(deviation.argmax())
-        raise MixedSeriesError(uid, f"PixelSpacing differs between slices: {instances[k].label} has "
-                                    f"{_fmt(values[k])} mm, {instances[0].label} has {_fmt(values[0])} mm")
-    return float(values[0][0]), float(values[0][1])
-
-
-def _slice_spacing(positions: np.ndarray, normal: np.ndarray, ordered: Sequence[_Instance], uid: str) -> float:
-    """Spacing along the normal (mm) of sorted slices; refuses duplicates, gaps and uneven steps."""
-    if len(positions) == 1:
-        return _single_slice_spacing(ordered[0], uid)
-    along = positions @ normal
-    steps = np.diff(along)
-    labels = [i.label for i in ordered]
-    if steps.min() <= POSITION_ATOL_MM:
-        k = int(steps.argmin())
-        raise SeriesGeometryError(uid, f"duplicate slice position {along[k]:.3f} mm along the normal (LPS "
-                                       f"{_fmt(positions[k])}) in {labels[k]} and {labels[k + 1]}; the series "
-                                       "may hold several acquisitions or temporal positions")
-    median = float(np.median(steps))
-    if steps.max() > GAP_FACTOR * median:
-        k = int(steps.argmax())
-        raise SeriesGeometryError(uid, f"missing slice(s): a {steps[k]:.3f} mm gap between positions "
-                                       f"{along[k]:.3f} and {along[k + 1]:.3f} mm along the normal (LPS "
-                                       f"{_fmt(positions[k])} in {labels[k]} and {_fmt(positions[k + 1])} in "
-                                       f"{labels[k + 1]}) where the median spacing is {median:.3f} mm")
-    spacing = float(along[-1] - along[0]) / (len(along) - 1)
-    misplacement = np.abs(along - along[0] - spacing * np.arange(len(along)))
-    if misplacement.max() > max(POSITION_ATOL_MM, SPACING_RTOL * spacing):
-        k = int(misplacement.argmax())
-        raise SeriesGeometryError(uid, f"non-uniform slice spacing: steps range from {steps.min():.4f} to "
-                                       f"{steps.max():.4f} mm; {labels[k]} lies {misplacement[k]:.4f} mm off "
-                                       f"the regular {spacing:.4f} mm grid")
-    return spacing
-
-
-def _single_slice_spacing(instance: _Instance, uid: str) -> float:
-    """A single slice has no neighbour: SpacingBetweenSlices, else SliceThickness, else 1 mm."""
-    for keyword in ("SpacingBetweenSlices", "SliceThickness"):
-        try:
-            spacing = float(instance.text(keyword) or "nan")
-        except ValueError:
-            continue
-        if np.isfinite(spacing) and spacing > 0:
-            return spacing
-    logger.warning("series %s: single slice without SpacingBetweenSlices or SliceThickness; using 1 mm", uid)
-    return 1.0
-
-
-def _check_in_plane(positions: np.ndarray, direction: np.ndarray, pixel_spacing: tuple[float, float],
-                    ordered: Sequence[_Instance], uid: str) -> None:
-    """Slices must be stacked straight along the normal (no shear such as gantry tilt)."""
-    shift = np.abs((positions - positions[0]) @ direction[1:].T)  # (n, 2): along columns, along rows
-    tolerance = np.maximum(POSITION_ATOL_MM, INPLANE_RTOL * np.asarray(pixel_spacing))
-    if np.any(shift > tolerance):
-        k = int((shift / tolerance).max(axis=1).argmax())
-        raise SeriesGeometryError(uid, f"slices are not stacked along the normal: {ordered[k].label} is "
-                                       f"shifted {_fmt(shift[k])} mm in-plane from {ordered[0].label} (gantry "
-                                       "tilt or a sheared acquisition?); resample it before reading")
-
-
-def _fmt(values: np.ndarray) -> str:
-    return "[" + ", ".join(f"{v:.6g}" for v in values) + "]"
-
-
-# -- step 4: pixels and rescale -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Rescale:
-    slopes: np.ndarray  # per slice, z order
-    intercepts: np.ndarray
-    int16_shift: int | None  # the common integral intercept when slope is 1 everywhere, else None
-
-
-def _rescale_of(ordered: Sequence[_Instance], uid: str) -> _Rescale:
-    slopes = np.array([_number(i, "RescaleSlope", 1.0, uid) for i in ordered])
-    intercepts = np.array([_number(i, "RescaleIntercept", 0.0, uid) for i in ordered])
-    exact = bool(np.all(slopes == 1.0) and np.all(intercepts == intercepts[0]) and intercepts[0].is_integer()
-                 and abs(intercepts[0]) < 2**31)
-    return _Rescale(slopes, intercepts, int(intercepts[0]) if exact else None)
-
-
-def _number(instance: _Instance, keyword: str, default: float, uid: str) -> float:
-    text = instance.text(keyword)
-    try:
-        value = float(text) if text else default
-    except ValueError as exc:
-        raise SeriesError(uid, f"{instance.label}: {keyword} {text!r} is not a number") from exc
-    if not np.isfinite(value) or (keyword == "RescaleSlope" and value == 0):
-        raise SeriesError(uid, f"{instance.label}: {keyword} {text!r} is not usable")
-    return value
-
-
-def _read_pixels(ordered: Sequence[_Instance], rescale: _Rescale, uid: str) -> np.ndarray:
-    """Rescaled values of every slice in one preallocated ``(z, y, x)`` array."""
-    first = ordered[0].attrs
-    signed = first.get("PixelRepresentation", 0) == 1
-    stored = np.dtype(f"<{'i' if signed else 'u'}{first['BitsAllocated'] // 8}")
-    raw = np.empty((len(ordered), first["Rows"], first["Columns"]), dtype=stored)
-    in_place = rescale.int16_shift is not None and stored.itemsize == 2
-    shift = np.int16(((rescale.int16_shift or 0) + 32768) % 65536 - 32768)  # the intercept modulo 2**16
-
-    unused_bits = stored.itemsize * 8 - first.get("BitsStored", stored.itemsize * 8)
-
-    def load(k: int) -> tuple[int, int]:
-        """Read slice k; with an int16 result, add the intercept in place (modulo 2**16)."""
-        _load_slice(ordered[k], raw[k], uid)
-        if unused_bits:
-            _drop_unused_bits(raw[k], unused_bits)
-        low = int(raw[k].min()) if signed else 0
-        high = int(raw[k].max())
-        if in_place and shift:
-            view = raw[k].view(np.int16)
-            view += shift
-        return low, high
-
-    if len(ordered) > 1:
-        with ThreadPoolExecutor(max_workers=_IO_THREADS) as pool:
-            ranges = list(pool.map(load, range(len(ordered))))
-    else:
-        ranges = [load(0)]
-    low, high = min(r[0] for r in ranges), max(r[1] for r in ranges)
-    fits = rescale.int16_shift is not None and -32768 <= low + rescale.int16_shift <= high + rescale.int16_shift <= 32767
-    if fits:
-        if in_place:
-            return raw.view(np.int16)
-        return (raw.astype(np.int32) + (rescale.int16_shift or 0)).astype(np.int16)
-    if in_place and shift:
-        raw.view(np.int16)[...] -= shift  # undo: modular addition is invertible
-    return _to_float(raw, rescale)
-
-
-def _drop_unused_bits(plane: np.ndarray, unused: int) -> None:
-    """As pydicom does: clear the bits above HighBit, sign-extending signed values (in place)."""
-    as_unsigned = plane.view(plane.dtype.str.replace("i", "u"))
-    as_unsigned <<= unused
-    plane >>= unused  # arithmetic shift for signed, logical for unsigned
-
-
-def _to_float(raw: np.ndarray, rescale: _Rescale) -> np.ndarray:
-    out = raw.astype(np.float32)
-    out *= rescale.slopes.astype(np.float32)[:, None, None]
-    out += rescale.intercepts.astype(np.float32)[:, None, None]
-    return out
-
-
-def _load_slice(instance: _Instance, out: np.ndarray, uid: str) -> None:
-    """Stored values of one instance into ``out``: raw bytes when possible, else decoded."""
-    if instance.pixel_offset is not None:
-        assert instance.path is not None
-        with open(instance.path, "rb", buffering=0) as fp:
-            fp.seek(instance.pixel_offset)
-            got = fp.readinto(memoryview(out).cast("B"))
-        if got != out.nbytes:
-            raise PixelDataError(uid, f"{instance.label}: pixel data truncated ({got} of {out.nbytes} bytes)")
-        return
-    ds = instance.dataset
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if ds is not None and (syntax in _NATIVE_LE or (syntax is None and ds.original_encoding[1] is not False)):
-        data = ds.PixelData  # in-memory native pixels (little endian when no syntax is known)
-        if isinstance(data, bytes) and len(data) in (out.nbytes, out.nbytes + 1):
-            out[...] = np.frombuffer(data, dtype=out.dtype, count=out.size).reshape(out.shape)
-            return
-    _decode_into(instance, out, uid)
-
-
-def _decode_into(instance: _Instance, out: np.ndarray, uid: str) -> None:
-    """Decode one instance with pydicom's pixel data handlers."""
-    try:
-        ds = instance.dataset if instance.dataset is not None else dcmread(instance.path, force=True)
-        pixels = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001 - decoders raise many types
-        raise PixelDataError(uid, f"{instance.label}: pixel data cannot be decoded ({type(exc).__name__}: "
-                                  f"{str(exc)[:200]})") from exc
-    if pixels.shape != out.shape:
-        raise PixelDataError(uid, f"{instance.label}: decoded pixels have shape {pixels.shape}, expected "
-                                  f"{out.shape} (Rows, Columns)")
-    out[...] = pixels
