@@ -16,6 +16,7 @@ import click
 
 from medimg_kernel.errors import MedImgError
 
+from . import cli_tasks
 from .orthanc import OrthancServer
 from .services import platform_services
 from .settings import CONFIG_ENV_VAR, Settings, load_settings
@@ -24,7 +25,14 @@ DESCRIPTIONS = {
     "pacs": "PACS (Orthanc + DICOMweb)",
     "broker": "Task queue broker (Redis)",
     "mlflow": "MLflow tracking server + model registry",
+    "dispatcher": "Task dispatcher + reconciler",
 }
+
+
+def _describe(name: str) -> str:
+    if name.startswith("worker-"):
+        return f"Worker for group {name[len('worker-'):]!r}"
+    return DESCRIPTIONS[name]
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +55,13 @@ def cli(ctx: click.Context, config_file: Path | None, verbose: bool) -> None:
 @click.pass_obj
 def up(settings: Settings, demo: bool) -> None:
     """Start the platform's services and load the demo data (idempotent)."""
+    from .tasks.migrations import upgrade
+
     for service in platform_services(settings):
+        if service.name == "dispatcher":
+            upgrade(settings.database_url)  # the queue's processes need the newest schema
         started = service.start()
-        click.echo(f"{DESCRIPTIONS[service.name]} {'started' if started else 'already running'} at {service.process.url}")
+        click.echo(f"{_describe(service.name)} {'started' if started else 'already running'} at {service.process.url}")
         if isinstance(service, OrthancServer):
             click.echo(f"  hub-side credentials: {service.secret_file} (mode 0600; never given to kernels)")
             pacs = service
@@ -90,7 +102,7 @@ def down(settings: Settings) -> None:
     """Stop the platform's services. Stored data stays under var/ and mlruns/."""
     for service in reversed(platform_services(settings)):
         stopped = service.stop()
-        click.echo(f"{DESCRIPTIONS[service.name]} {'stopped' if stopped else 'was not running'}")
+        click.echo(f"{_describe(service.name)} {'stopped' if stopped else 'was not running'}")
 
 
 @cli.command()
@@ -112,6 +124,10 @@ def status(settings: Settings, as_json: bool) -> None:
 def config(settings: Settings) -> None:
     """Print the effective settings (defaults merged with the settings file)."""
     click.echo(json.dumps(settings.as_dict(), indent=2))
+
+
+for _command in (cli_tasks.pipelines, cli_tasks.tasks, cli_tasks.worker, cli_tasks.dispatcher, cli_tasks.migrate):
+    cli.add_command(_command)
 
 
 def main() -> None:

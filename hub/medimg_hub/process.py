@@ -68,6 +68,9 @@ class ManagedProcess:
         Returns True once the service answers; polled after start.
     url
         Where the service can be reached, for status output.
+    marker
+        A string the process's command line must contain to be recognised as this service
+        (for services run by a generic interpreter such as ``python``).
     """
 
     def __init__(
@@ -79,12 +82,14 @@ class ManagedProcess:
         ready: Callable[[], bool],
         url: str,
         env: dict[str, str] | None = None,
+        marker: str | None = None,
     ) -> None:
         self.name = name
         self.argv = list(argv)
         self.ready = ready
         self.url = url
         self.env = env
+        self.marker = marker
         self.pid_file = var_dir / "run" / f"{name}.pid"
         self.log_file = var_dir / "log" / f"{name}.log"
 
@@ -94,7 +99,7 @@ class ManagedProcess:
             pid = int(self.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        if _is_our_process(pid, self.argv[0]):
+        if _is_our_process(pid, self.argv[0], self.marker):
             return pid
         log.info("removing stale pid file %s (pid %d is not %s)", self.pid_file, pid, self.name)
         self.pid_file.unlink(missing_ok=True)
@@ -177,7 +182,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _is_our_process(pid: int, executable: str) -> bool:
+def _is_our_process(pid: int, executable: str, marker: str | None = None) -> bool:
     """Whether ``pid`` is alive and runs ``executable`` (guards against pid reuse).
 
     Matches the command line's program (also when the process rewrote its title, as Redis
@@ -188,6 +193,8 @@ def _is_our_process(pid: int, executable: str) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (FileNotFoundError, PermissionError):
+        return False
+    if marker is not None and marker.encode() not in b" ".join(cmdline):
         return False
     name = os.path.basename(executable).encode()
     programs = [part.split(b" ", 1)[0] for part in cmdline[:2] if part]

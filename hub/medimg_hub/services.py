@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Protocol
 
 from .broker import RedisBroker
@@ -20,6 +21,46 @@ class Service(Protocol):
     def stop(self) -> bool: ...
 
 
+class CommandService:
+    """A ``medimg`` subcommand run as a managed background process (dispatcher, workers)."""
+
+    def __init__(self, settings: Settings, name: str, args: list[str], *, ready_text: str | None = None) -> None:
+        self.settings = settings
+        self.name = name
+        config = ["--config", str(settings.config_file)] if settings.config_file else []
+        argv = [sys.executable, "-m", "medimg_hub.cli", *config, "--verbose", *args]
+        self.ready_text = ready_text
+        self.process = ManagedProcess(name, argv, settings.var_dir, ready=self._ready, url="(queue)",
+                                      marker=" ".join(args))
+        self._log_offset = 0
+
+    def _ready(self) -> bool:
+        if self.ready_text is None:
+            return True
+        try:
+            with open(self.process.log_file, "rb") as fh:
+                fh.seek(self._log_offset)
+                return self.ready_text.encode() in fh.read()
+        except FileNotFoundError:
+            return False
+
+    def start(self) -> bool:
+        if self.process.pid() is not None:
+            return False
+        self._log_offset = self.process.log_file.stat().st_size if self.process.log_file.exists() else 0
+        return self.process.start(max(self.settings.platform.start_timeout_s, 60.0))
+
+    def stop(self) -> bool:
+        return self.process.stop(timeout_s=30.0)
+
+
+def queue_services(settings: Settings) -> list[CommandService]:
+    """The dispatcher and one worker per configured worker group."""
+    workers = [CommandService(settings, f"worker-{group}", ["worker", group], ready_text=" ready.")
+               for group in settings.queue.worker_groups]
+    return [CommandService(settings, "dispatcher", ["dispatcher"]), *workers]
+
+
 def platform_services(settings: Settings) -> list[Service]:
     """Every service ``medimg up`` starts, dependencies first."""
-    return [OrthancServer(settings), RedisBroker(settings), MlflowServer(settings)]
+    return [OrthancServer(settings), RedisBroker(settings), MlflowServer(settings), *queue_services(settings)]

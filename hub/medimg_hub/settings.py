@@ -82,6 +82,17 @@ class QueueSettings:
     #: Seconds before the broker redelivers an unacknowledged task. Must exceed the longest
     #: stage, or long stages run twice; the task store's reconciler covers lost workers sooner.
     visibility_timeout_s: int = 7200
+    #: Worker groups (one Celery queue each, one software environment each) that ``medimg up``
+    #: starts a worker for on this machine. Other machines run ``medimg worker GROUP``.
+    worker_groups: tuple[str, ...] = ("default", "segmentation")
+    #: Run stage notebooks in a kernel kept warm between jobs (imports paid once per worker).
+    warm_kernels: bool = True
+    #: Jobs one warm kernel runs before it is replaced.
+    kernel_max_runs: int = 50
+    #: Seconds between the dispatcher's passes (re-sending lost messages, reconciling lost workers).
+    dispatch_interval_s: float = 2.0
+    #: A queued job not claimed this many seconds after its message was sent is sent again.
+    redispatch_after_s: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,14 @@ class TasksSettings:
     heartbeat_s: float = 5.0
     #: A running job whose last heartbeat is older than this (seconds) has lost its worker.
     stale_after_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class PipelinesSettings:
+    """Where pipeline descriptors and their notebooks live."""
+
+    #: One folder per pipeline (``<id>/pipeline.yaml`` + stage notebooks), relative to this file.
+    root: Path = Path("notebooks/pipelines")
 
 
 @dataclass(frozen=True)
@@ -116,9 +135,12 @@ class Settings:
     mlflow: MlflowSettings = field(default_factory=MlflowSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
     tasks: TasksSettings = field(default_factory=TasksSettings)
+    pipelines: PipelinesSettings = field(default_factory=PipelinesSettings)
     demo: DemoSettings = field(default_factory=DemoSettings)
     #: The folder relative paths are resolved against (the settings file's folder).
     base_dir: Path = REPO_ROOT
+    #: The file these settings were read from (None: built-in defaults).
+    config_file: Path | None = None
 
     @property
     def var_dir(self) -> Path:
@@ -146,6 +168,7 @@ class Settings:
         """Plain values for display (paths as strings)."""
         out = dataclasses.asdict(self)
         out.pop("base_dir")
+        out.pop("config_file")
         return _stringify(out)
 
 
@@ -173,6 +196,10 @@ def _build(cls: type, section: str, raw: dict[str, Any]) -> Any:
             value = Path(value)
         elif expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        elif expected is tuple:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigurationError(f"[{section}] {key} must be a list of strings, got {value!r}")
+            value = tuple(value)
         elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise ConfigurationError(
                 f"[{section}] {key} must be of type {expected.__name__}, got {value!r}"
@@ -202,14 +229,14 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         raise ConfigurationError(f"settings file {file} is not valid TOML: {exc}") from exc
     sections = {
         "platform": PlatformSettings, "pacs": PacsSettings, "mlflow": MlflowSettings,
-        "queue": QueueSettings, "tasks": TasksSettings, "demo": DemoSettings,
+        "queue": QueueSettings, "tasks": TasksSettings, "pipelines": PipelinesSettings, "demo": DemoSettings,
     }
     unknown = sorted(set(raw) - set(sections))
     if unknown:
         raise ConfigurationError(f"unknown section(s) {unknown} in {file}; valid: {sorted(sections)}")
     built = {name: _build(cls, name, raw.get(name, {})) for name, cls in sections.items()}
     _validate(built)
-    return Settings(**built, base_dir=file.resolve().parent)
+    return Settings(**built, base_dir=file.resolve().parent, config_file=file.resolve())
 
 
 def _validate(built: dict[str, Any]) -> None:
@@ -223,6 +250,8 @@ def _validate(built: dict[str, Any]) -> None:
         raise ConfigurationError(f"[pacs] dicom_port={pacs.dicom_port} is not a valid TCP port")
     if len({p for _, _, p in ports}) != len(ports):
         raise ConfigurationError(f"two services share a port: {[(f'[{s}] {n}', p) for s, n, p in ports]}")
+    if not built["queue"].worker_groups:
+        raise ConfigurationError("[queue] worker_groups must name at least one group")
     if tasks.stale_after_s < 3 * tasks.heartbeat_s:
         raise ConfigurationError("[tasks] stale_after_s must be at least 3 × heartbeat_s, or live jobs look lost")
     if not 1 <= len(pacs.aet) <= 16:

@@ -4,7 +4,7 @@ A fresh kernel costs ~1 s before any import and the stage's imports (monai ~6 s)
 (DESIGN.md §6): per study that would dominate. A worker therefore keeps one kernel per kernel
 name and runs each job's notebook in it through papermill's own client (parameters injected,
 outputs and errors recorded in the executed notebook as usual). Before each job the kernel's
-namespace is cleared (``%reset -f``) and its working directory set to the notebook's folder;
+namespace and output cache are cleared and its working directory set to the notebook's folder;
 imported modules stay loaded, which is the point. A kernel that died is replaced; each kernel
 is recycled after ``max_runs`` jobs to bound leaks. ``warm=False`` gives papermill's default
 fresh-kernel behaviour.
@@ -86,6 +86,14 @@ class WarmKernelPool:
             kernel.runs += 1
             return kernel
 
+    def interrupt(self, kernel_name: str) -> None:
+        """Send SIGINT to the running kernel (safe from another thread): the current cell raises."""
+        kernel = self._kernels.get(kernel_name)
+        if kernel is not None and kernel.manager.has_kernel:
+            from jupyter_core.utils import run_sync
+
+            run_sync(kernel.manager.interrupt_kernel)()
+
     def discard(self, kernel_name: str) -> None:
         """Shut a kernel down (after a failure that may have left it in a bad state)."""
         with self._lock:
@@ -119,6 +127,18 @@ def _shutdown(manager: AsyncKernelManager) -> None:
 POOL = WarmKernelPool()
 
 
+#: Clears the previous job's variables and output cache in ~5 ms. (``%reset -f`` does the
+#: same plus a full garbage collection: ~0.6 s per job once torch and monai are loaded.)
+_RESET_NAMESPACE = """\
+_medimg_ip = get_ipython()
+_medimg_keep = set(_medimg_ip.user_ns_hidden) | {"__name__", "__builtins__", "__doc__", "__package__", "__loader__", "__spec__"}
+for _medimg_key in [k for k in _medimg_ip.user_ns if k not in _medimg_keep and not k.startswith("_medimg")]:
+    del _medimg_ip.user_ns[_medimg_key]
+_medimg_ip.user_ns["Out"].clear()
+del _medimg_ip, _medimg_keep
+"""
+
+
 class _ResettingClient(PapermillNotebookClient):
     """papermill's client that first clears the warm kernel's namespace and sets its cwd."""
 
@@ -127,10 +147,11 @@ class _ResettingClient(PapermillNotebookClient):
         self.workdir = workdir
 
     def papermill_execute_cells(self) -> None:
-        prelude = f"%reset -f\nimport os as _os\n_os.chdir({self.workdir!r})\ndel _os"
+        prelude = _RESET_NAMESPACE + f"__import__('os').chdir({self.workdir!r})\n"
         reply = self.wait_for_reply(self.kc.execute(prelude, silent=True, store_history=False))
         if reply is None or reply["content"].get("status") != "ok":
-            raise RuntimeError("the warm kernel did not accept the reset before the job")
+            detail = reply["content"].get("evalue", "") if reply else "no reply"
+            raise RuntimeError(f"the warm kernel did not accept the reset before the job: {detail}")
         super().papermill_execute_cells()
 
 
