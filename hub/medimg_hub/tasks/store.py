@@ -19,42 +19,36 @@ PostgreSQL the job row is locked (``SELECT ... FOR UPDATE``); on SQLite every
 transaction takes the write lock at ``BEGIN IMMEDIATE``; on both, UPDATEs compare the
 row's version counter. Access control (who may decide for which dataset) belongs to
 the API layer in front of the store.
+
+Layout: the dispatcher, worker and reconciler operations are in :mod:`.execution`; the
+transactions, row access and job state changes they share are in :mod:`.transitions`;
+:class:`TaskStore` inherits both.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from datetime import datetime, timedelta
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, select
-from sqlalchemy.orm import Session, selectinload, sessionmaker
-from sqlalchemy.orm.exc import StaleDataError
+from sqlalchemy.orm import selectinload, sessionmaker
 
-from medimg_kernel.errors import (
-    ConcurrentUpdateError,
-    ConfigurationError,
-    InvalidTransitionError,
-    NotJobOwnerError,
-    SchemaVersionError,
-    TaskNotFoundError,
-    TaskStoreError,
-)
+from medimg_kernel.errors import InvalidTransitionError, SchemaVersionError
 from medimg_kernel.pipeline import ParameterDescriptor, ParameterType, PipelineDescriptor, StageKind, validate_parameters
 
+from .execution import ExecutionOperations
 from .migrations import current_revision, head_revision
 from .models import HistoryRecord, Job, JobHistory, JobRecord, Task, TaskRecord, make_engine, utcnow
-from .states import DECISIONS, DONE_OK, TERMINAL, JobStatus, TaskStatus, check_transition, initial_status, ready_status
+from .states import DECISIONS, DONE_OK, TERMINAL, JobStatus, TaskStatus, initial_status
+from .transitions import check_actor
 
 log = logging.getLogger(__name__)
 
-_OPEN = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.WAITING_REVIEW)
 
-
-class TaskStore:
+class TaskStore(ExecutionOperations):
     """Tasks and jobs in a SQL database (SQLite by default, PostgreSQL by URL).
 
     Parameters
@@ -105,90 +99,6 @@ class TaskStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # --- plumbing -------------------------------------------------------------------------------
-
-    @contextmanager
-    def _transaction(self) -> Iterator[Session]:
-        try:
-            with self._sessions() as session, session.begin():
-                yield session
-        except StaleDataError as exc:
-            raise ConcurrentUpdateError(f"a job changed concurrently ({exc}); reload it and try again") from exc
-
-    def _now(self) -> datetime:
-        now = self._clock()
-        if now.tzinfo is None:
-            raise TaskStoreError("the store's clock returned a naive datetime; it must return UTC-aware times")
-        return now
-
-    def _job(self, session: Session, job_id: str) -> Job:
-        query = select(Job).where(Job.id == job_id).execution_options(populate_existing=True)
-        job = session.scalars(query.with_for_update() if self._lock_rows else query).one_or_none()
-        if job is None:
-            raise TaskNotFoundError("job", job_id)
-        return job
-
-    def _task(self, session: Session, task_id: str) -> Task:
-        query = select(Task).where(Task.id == task_id).options(selectinload(Task.jobs))
-        task = session.scalars(query).one_or_none()
-        if task is None:
-            raise TaskNotFoundError("task", task_id)
-        return task
-
-    def _move(self, session: Session, job: Job, target: JobStatus, actor: str, detail: str | None = None) -> None:
-        """Change a job's status (checked by the state machine) and record it."""
-        current = JobStatus(job.status)
-        check_transition(job.id, StageKind(job.kind), current, target)
-        now = self._now()
-        job.status = target.value
-        job.updated_at = now
-        if target in TERMINAL:
-            job.finished_at = now
-        session.add(JobHistory(job_id=job.id, task_id=job.task_id, at=now, actor=actor,
-                               from_status=current.value, to_status=target.value, detail=detail))
-        log.info("job %s (%s): %s -> %s by %s", job.id, job.stage_id, current, target, actor)
-
-    def _siblings(self, session: Session, job: Job) -> list[Job]:
-        query = (select(Job).where(Job.task_id == job.task_id, Job.id != job.id).order_by(Job.position)
-                 .execution_options(populate_existing=True))
-        return list(session.scalars(query.with_for_update() if self._lock_rows else query))
-
-    def _release_dependents(self, session: Session, job: Job, actor: str) -> None:
-        """Make pending jobs whose dependencies are all done runnable (or reviewable)."""
-        siblings = self._siblings(session, job)
-        status = {j.stage_id: JobStatus(j.status) for j in [*siblings, job]}
-        for other in siblings:
-            if status[other.stage_id] is JobStatus.PENDING and all(status[d] in DONE_OK for d in other.depends_on):
-                target = ready_status(StageKind(other.kind))
-                self._move(session, other, target, actor, f"dependencies done ({', '.join(other.depends_on)})")
-                if target is JobStatus.QUEUED:
-                    other.eligible_at = self._now()
-
-    def _cancel_dependents(self, session: Session, job: Job, actor: str) -> None:
-        """Cancel the open jobs that (transitively) depend on ``job``: they can never run."""
-        siblings = self._siblings(session, job)
-        blocked = {job.stage_id}
-        changed = True
-        while changed:
-            changed = False
-            for other in siblings:
-                if other.stage_id not in blocked and blocked & set(other.depends_on):
-                    blocked.add(other.stage_id)
-                    changed = True
-        for other in siblings:
-            if other.stage_id in blocked and JobStatus(other.status) in _OPEN:
-                self._move(session, other, JobStatus.CANCELLED, actor, f"dependency {job.stage_id} ended {job.status}")
-
-    def _owned_running(self, session: Session, job_id: str, worker_id: str, target: JobStatus) -> Job:
-        job = self._job(session, job_id)
-        if job.status != JobStatus.RUNNING or job.worker_id != worker_id:
-            raise NotJobOwnerError(
-                job_id, job.status, target,
-                f"worker {worker_id!r} does not hold it (status {job.status}, worker {job.worker_id!r}); "
-                "stop working on it and discard the results",
-            )
-        return job
-
     # --- creating and reading ---------------------------------------------------------------------
 
     def create_task(
@@ -224,7 +134,7 @@ class TaskStore:
         values = validate_parameters(pipeline, parameters)
         study = self._uid(study_instance_uid, values, pipeline, ParameterType.STUDY_UID)
         series = self._uid(series_instance_uid, values, pipeline, ParameterType.SERIES_UID)
-        _check_actor(owner)
+        check_actor(owner)
         now = self._now()
         task = Task(id=str(uuid.uuid4()), pipeline_id=pipeline.id, pipeline_version=pipeline.version,
                     owner=owner, dataset=dataset, study_instance_uid=study, series_instance_uid=series,
@@ -317,157 +227,6 @@ class TaskStore:
         with self._transaction() as session:
             return [HistoryRecord.from_row(h) for h in session.scalars(query)]
 
-    # --- the execution layer ----------------------------------------------------------------------
-
-    def jobs_to_dispatch(
-        self, *, worker_group: str | None = None, redispatch_after_s: float | None = None, limit: int = 100
-    ) -> list[JobRecord]:
-        """Queued jobs whose time has come and that need a broker message.
-
-        Parameters
-        ----------
-        worker_group
-            Only this group's jobs.
-        redispatch_after_s
-            Also return jobs dispatched longer ago than this without being claimed (the
-            broker lost the message). ``None``: only jobs never dispatched.
-        """
-        now = self._now()
-        query = select(Job).where(Job.status == JobStatus.QUEUED.value, Job.eligible_at <= now)
-        never = Job.dispatched_at.is_(None)
-        if redispatch_after_s is None:
-            query = query.where(never)
-        else:
-            query = query.where(never | (Job.dispatched_at < _later(now, -redispatch_after_s)))
-        if worker_group is not None:
-            query = query.where(Job.worker_group == worker_group)
-        with self._transaction() as session:
-            return [JobRecord.from_row(j) for j in session.scalars(query.order_by(Job.eligible_at, Job.id).limit(limit))]
-
-    def mark_dispatched(self, job_id: str) -> JobRecord:
-        """Record that a broker message for this queued job was sent (not a state change)."""
-        with self._transaction() as session:
-            job = self._job(session, job_id)
-            if job.status != JobStatus.QUEUED:
-                raise InvalidTransitionError(job_id, job.status, JobStatus.QUEUED, "only queued jobs are dispatched")
-            job.dispatched_at = self._now()
-            return JobRecord.from_row(job)
-
-    def claim(self, job_id: str, worker_id: str) -> JobRecord | None:
-        """Take a queued job for ``worker_id``; ``None`` if it is not claimable now.
-
-        At most one of several concurrent claims of a job wins; the others get ``None``
-        (already running, finished, cancelled, or not yet eligible after a failure).
-        A worker that gets ``None`` drops the message without running anything.
-        """
-        _check_actor(worker_id)
-        try:
-            return self._claim(job_id, worker_id)
-        except ConcurrentUpdateError:
-            log.info("job %s: claim by %s lost a race", job_id, worker_id)
-            return None
-
-    def _claim(self, job_id: str, worker_id: str) -> JobRecord | None:
-        with self._transaction() as session:
-            job = self._job(session, job_id)
-            if job.kind != StageKind.AUTO:
-                raise InvalidTransitionError(job_id, job.status, JobStatus.RUNNING, "manual jobs are not run by workers")
-            now = self._now()
-            if job.status != JobStatus.QUEUED or (job.eligible_at is not None and job.eligible_at > now):
-                log.info("job %s not claimable by %s (status %s)", job_id, worker_id, job.status)
-                return None
-            job.attempts += 1
-            self._move(session, job, JobStatus.RUNNING, worker_id, f"attempt {job.attempts} of {job.max_attempts}")
-            job.worker_id = worker_id
-            job.started_at = job.heartbeat_at = now
-            job.finished_at = None
-            return JobRecord.from_row(job)
-
-    def heartbeat(self, job_id: str, worker_id: str) -> JobRecord:
-        """Record that ``worker_id`` is still running the job.
-
-        Returns the job; when ``cancel_requested`` is true the worker must stop and call
-        :meth:`confirm_cancelled`. Raises :class:`NotJobOwnerError` when the worker no
-        longer holds the job (it was re-queued after missed heartbeats): stop at once.
-        """
-        with self._transaction() as session:
-            job = self._owned_running(session, job_id, worker_id, JobStatus.RUNNING)
-            job.heartbeat_at = self._now()
-            return JobRecord.from_row(job)
-
-    def succeed(self, job_id: str, worker_id: str, outputs: Mapping[str, Any] | None = None) -> JobRecord:
-        """The worker finished the job; dependents whose dependencies are done become runnable.
-
-        ``outputs``: JSON-compatible results (SEG/SR SOP Instance UIDs, executed notebook, MLflow run id).
-        """
-        with self._transaction() as session:
-            job = self._owned_running(session, job_id, worker_id, JobStatus.SUCCEEDED)
-            job.outputs = {**job.outputs, **dict(outputs or {})}
-            job.error = None
-            self._move(session, job, JobStatus.SUCCEEDED, worker_id)
-            self._release_dependents(session, job, worker_id)
-            return JobRecord.from_row(job)
-
-    def fail(self, job_id: str, worker_id: str, error: str, *, retryable: bool = True) -> JobRecord:
-        """The attempt failed: re-queue after the backoff while attempts remain, else ``failed``.
-
-        A job whose cancellation was requested becomes ``cancelled`` instead. ``retryable=False``
-        (e.g. invalid input) fails the job at once. Dependents of a failed job are cancelled.
-        """
-        with self._transaction() as session:
-            job = self._owned_running(session, job_id, worker_id, JobStatus.FAILED)
-            job.error = error
-            self._end_attempt(session, job, worker_id, f"attempt {job.attempts} failed: {error}", retryable)
-            return JobRecord.from_row(job)
-
-    def _end_attempt(self, session: Session, job: Job, actor: str, detail: str, retryable: bool) -> None:
-        """Re-queue (with backoff), cancel or fail a running job whose attempt ended badly."""
-        if job.cancel_requested_at is not None:
-            self._move(session, job, JobStatus.CANCELLED, actor, f"{detail}; cancellation was requested")
-            self._cancel_dependents(session, job, actor)
-        elif retryable and job.attempts < job.max_attempts:
-            delay = min(job.backoff_s * job.backoff_factor ** max(job.attempts - 1, 0), job.max_backoff_s)
-            job.eligible_at = _later(self._now(), delay)
-            self._move(session, job, JobStatus.QUEUED, actor, f"{detail}; retry in {delay:g} s")
-            job.worker_id = job.dispatched_at = job.heartbeat_at = None
-        else:
-            self._move(session, job, JobStatus.FAILED, actor, f"{detail}; no attempts left" if retryable else detail)
-            self._cancel_dependents(session, job, actor)
-
-    def confirm_cancelled(self, job_id: str, worker_id: str) -> JobRecord:
-        """The worker stopped a running job after a cancel request (seen in :meth:`heartbeat`)."""
-        with self._transaction() as session:
-            job = self._owned_running(session, job_id, worker_id, JobStatus.CANCELLED)
-            if job.cancel_requested_at is None:
-                raise InvalidTransitionError(job_id, job.status, JobStatus.CANCELLED, "no cancellation was requested")
-            self._move(session, job, JobStatus.CANCELLED, worker_id, f"stopped on request of {job.cancel_requested_by}")
-            self._cancel_dependents(session, job, worker_id)
-            return JobRecord.from_row(job)
-
-    def stale_jobs(self, stale_after_s: float) -> list[JobRecord]:
-        """Running jobs whose last heartbeat is older than ``stale_after_s`` seconds."""
-        cutoff = _later(self._now(), -stale_after_s)
-        query = select(Job).where(Job.status == JobStatus.RUNNING.value, Job.heartbeat_at < cutoff)
-        with self._transaction() as session:
-            return [JobRecord.from_row(j) for j in session.scalars(query.order_by(Job.heartbeat_at))]
-
-    def recover_stale(self, job_id: str, *, stale_after_s: float, actor: str = "reconciler") -> JobRecord | None:
-        """Re-queue (attempts left), fail (none left) or cancel (requested) a job whose worker vanished.
-
-        Re-checked inside the transaction: returns ``None`` when the job is no longer
-        running with a stale heartbeat (its worker came back or finished meanwhile). The
-        old worker, if it still lives, gets :class:`NotJobOwnerError` on its next call.
-        """
-        _check_actor(actor)
-        with self._transaction() as session:
-            job = self._job(session, job_id)
-            cutoff = _later(self._now(), -stale_after_s)
-            if job.status != JobStatus.RUNNING or job.heartbeat_at is None or job.heartbeat_at >= cutoff:
-                return None
-            job.error = f"worker {job.worker_id} stopped sending heartbeats (last {job.heartbeat_at.isoformat()})"
-            self._end_attempt(session, job, actor, job.error, retryable=True)
-            return JobRecord.from_row(job)
-
     # --- people -----------------------------------------------------------------------------------
 
     def cancel_task(self, task_id: str, actor: str, reason: str | None = None) -> TaskRecord:
@@ -475,7 +234,7 @@ class TaskStore:
 
         Jobs already final are left as they are; cancelling a finished task changes nothing.
         """
-        _check_actor(actor)
+        check_actor(actor)
         with self._transaction() as session:
             task = self._task(session, task_id)
             for job in task.jobs:
@@ -489,7 +248,7 @@ class TaskStore:
 
         Raises :class:`InvalidTransitionError` for a job that is already final.
         """
-        _check_actor(actor)
+        check_actor(actor)
         with self._transaction() as session:
             job = self._job(session, job_id)
             if JobStatus(job.status) in TERMINAL:
@@ -498,16 +257,6 @@ class TaskStore:
             if job.status == JobStatus.CANCELLED:
                 self._cancel_dependents(session, job, actor)
             return JobRecord.from_row(job)
-
-    def _cancel_one(self, session: Session, job: Job, actor: str, reason: str | None) -> None:
-        detail = f"cancelled: {reason}" if reason else "cancelled"
-        if job.status in _OPEN:
-            self._move(session, job, JobStatus.CANCELLED, actor, detail)
-        elif job.status == JobStatus.RUNNING and job.cancel_requested_at is None:
-            now = self._now()
-            job.cancel_requested_at, job.cancel_requested_by, job.updated_at = now, actor, now
-            session.add(JobHistory(job_id=job.id, task_id=job.task_id, at=now, actor=actor, from_status=job.status,
-                                   to_status=job.status, detail=f"cancel requested: {reason or 'no reason given'}"))
 
     def decide(
         self,
@@ -538,7 +287,7 @@ class TaskStore:
         InvalidTransitionError
             An auto job, a job not waiting for review, or an unknown decision.
         """
-        _check_actor(actor)
+        check_actor(actor)
         with self._transaction() as session:
             job = self._job(session, job_id)
             if job.kind != StageKind.MANUAL:
@@ -555,12 +304,3 @@ class TaskStore:
             else:
                 self._cancel_dependents(session, job, actor)
             return JobRecord.from_row(job)
-
-
-def _check_actor(actor: str) -> None:
-    if not isinstance(actor, str) or not actor.strip() or len(actor) > 128:
-        raise ConfigurationError(f"actor must be a non-empty name of at most 128 characters, got {actor!r}")
-
-
-def _later(now: datetime, seconds: float) -> datetime:
-    return now + timedelta(seconds=seconds)
