@@ -9,7 +9,7 @@ from .broker import RedisBroker
 from .mlflow_service import MlflowServer
 from .orthanc import OrthancServer
 from .process import ManagedProcess
-from .settings import Settings
+from .settings import Settings, dump_settings
 
 
 class Service(Protocol):
@@ -27,8 +27,8 @@ class CommandService:
     def __init__(self, settings: Settings, name: str, args: list[str], *, ready_text: str | None = None) -> None:
         self.settings = settings
         self.name = name
-        config = ["--config", str(settings.config_file)] if settings.config_file else []
-        argv = [sys.executable, "-m", "medimg_hub.cli", *config, "--verbose", *args]
+        config_file = settings.config_file or dump_settings(settings, settings.var_dir / "run" / "settings.toml")
+        argv = [sys.executable, "-m", "medimg_hub.cli", "--config", str(config_file), "--verbose", *args]
         self.ready_text = ready_text
         self.process = ManagedProcess(name, argv, settings.var_dir, ready=self._ready, url="(queue)",
                                       marker=" ".join(args))

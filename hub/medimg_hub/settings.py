@@ -9,6 +9,7 @@ passed down; no library code reads the environment.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -170,6 +171,36 @@ class Settings:
         out.pop("base_dir")
         out.pop("config_file")
         return _stringify(out)
+
+
+def dump_settings(settings: Settings, path: Path) -> Path:
+    """Write ``settings`` as a TOML file that :func:`load_settings` reads back to the same values.
+
+    Relative paths are written resolved, so the file works from any folder. Used to hand the
+    effective settings to the platform's child processes.
+    """
+    lines = []
+    for section in dataclasses.fields(settings):
+        if section.name in ("base_dir", "config_file"):
+            continue
+        lines.append(f"[{section.name}]")
+        for item in dataclasses.fields(getattr(settings, section.name)):
+            value = getattr(getattr(settings, section.name), item.name)
+            lines.append(f"{item.name} = {_toml_value(settings.resolve(value) if isinstance(value, Path) else value)}")
+        lines.append("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
 
 
 def _stringify(value: Any) -> Any:

@@ -10,7 +10,9 @@ import pytest
 
 from medimg_hub.process import free_port
 
-SUBCOMMANDS = ["up", "down", "status", "config"]
+SUBCOMMANDS = ["up", "down", "status", "config", "pipelines", "tasks", "worker", "dispatcher", "migrate"]
+#: PACS, broker, MLflow, dispatcher, one worker.
+SERVICES = 5
 
 
 def _medimg(*args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -29,22 +31,24 @@ def test_every_subcommand_has_help(sub):
 def test_up_status_down_without_demo(tmp_path):
     config = tmp_path / "medimg.toml"
     config.write_text(
-        f'[platform]\nvar_dir = "var"\n[pacs]\nhttp_port = {free_port()}\n[queue]\nredis_port = {free_port()}\n'
+        f'[platform]\nvar_dir = "var"\n[pacs]\nhttp_port = {free_port()}\n'
+        f'[queue]\nredis_port = {free_port()}\nworker_groups = ["default"]\n'
         f'[mlflow]\nport = {free_port()}\nbackend_store_uri = "sqlite:///{tmp_path}/mlflow.db"\n'
         f'artifacts_dir = "{tmp_path}/artifacts"\n'
     )
     try:
         up = _medimg("up", "--no-demo", config=config)
         assert up.returncode == 0, up.stderr
-        for what in ("PACS (Orthanc + DICOMweb) started", "Redis) started", "model registry started"):
+        for what in ("PACS (Orthanc + DICOMweb) started", "Redis) started", "model registry started",
+                     "dispatcher + reconciler started", "Worker for group 'default' started"):
             assert what in up.stdout, up.stdout
         again = _medimg("up", "--no-demo", config=config)
-        assert again.stdout.count("already running") == 3, again.stdout
+        assert again.stdout.count("already running") == SERVICES, again.stdout
         status = _medimg("status", config=config)
-        assert status.stdout.count("running (pid") == 3, status.stdout
+        assert status.stdout.count("running (pid") == SERVICES, status.stdout
     finally:
         down = _medimg("down", config=config)
-    assert down.stdout.count(" stopped") == 3, down.stdout
+    assert down.stdout.count(" stopped") == SERVICES, down.stdout
     assert "running (pid" not in _medimg("status", config=config).stdout
 
 

@@ -45,3 +45,14 @@ def test_bad_settings_are_refused_with_the_key_named(tmp_path, text, message):
 def test_missing_explicit_file_is_an_error(tmp_path):
     with pytest.raises(ConfigurationError, match="does not exist"):
         load_settings(tmp_path / "nope.toml")
+
+
+def test_dumped_settings_read_back_identically(tmp_path):
+    from medimg_hub.settings import QueueSettings, dump_settings
+
+    settings = Settings(queue=QueueSettings(worker_groups=("a", "b"), warm_kernels=False))
+    again = load_settings(dump_settings(settings, tmp_path / "s.toml"))
+    assert again.as_dict() == {**settings.as_dict(), "platform": {**settings.as_dict()["platform"], "var_dir": str(settings.var_dir)},
+                               "mlflow": {**settings.as_dict()["mlflow"], "artifacts_dir": str(settings.resolve(settings.mlflow.artifacts_dir))},
+                               "pipelines": {"root": str(settings.resolve(settings.pipelines.root))}}
+    assert again.var_dir == settings.var_dir

@@ -84,7 +84,7 @@ class TaskStore(ExecutionOperations):
             state = "has no task-store schema" if current is None else f"is at revision {current}"
             raise SchemaVersionError(
                 f"task database {shown} {state}, this code needs revision {head}; migrate it with "
-                f"`python -m medimg_hub.tasks.migrations upgrade '{shown}'`",
+                f"`medimg migrate` (or `python -m medimg_hub.tasks.migrations upgrade '{shown}'`)",
                 current=current,
                 head=head,
             )

@@ -4,7 +4,7 @@
 empty one); :class:`~medimg_hub.tasks.store.TaskStore` refuses a database that is not
 at :func:`head_revision`. From the shell::
 
-    python -m medimg_hub.tasks.migrations upgrade sqlite:///var/tasks.sqlite
+    medimg migrate    (or: python -m medimg_hub.tasks.migrations upgrade URL)
 
 The revision is kept in the table ``alembic_version_tasks``, so other Alembic
 environments of the platform can share the same database.
