@@ -125,7 +125,7 @@ def _finalised_segs(client: DICOMwebProtocol, study_uid: str, type_id: str) -> l
     return found
 
 
-def newest_finalised_seg(candidates: Sequence[_SegCandidate], image_series_uid: str) -> _SegCandidate | None:
+def _newest(candidates: Sequence[_SegCandidate], image_series_uid: str) -> _SegCandidate | None:
     """The newest candidate that references ``image_series_uid`` (ties: larger SOP Instance UID)."""
     mine = [c for c in candidates if image_series_uid in describe_seg(c.dataset).source_series_instance_uids]
     if not mine:
@@ -159,7 +159,7 @@ def _study_pairs(client: DICOMwebProtocol, study_uid: str, type_id: str, label_n
         return [], f"no finalised SEG with SeriesDescription {type_id!r} (model outputs are not used)"
     pairs = []
     for series_uid in series_uids:
-        chosen = newest_finalised_seg(candidates, series_uid)
+        chosen = _newest(candidates, series_uid)
         if chosen is None:
             continue
         image = read_series(client, study_uid, series_uid)
@@ -259,5 +259,5 @@ def split_holdout(
     return train, holdout
 
 
-__all__ = ["TrainingPair", "SkippedStudy", "TrainingData", "load_training_pairs", "newest_finalised_seg",
+__all__ = ["TrainingPair", "SkippedStudy", "TrainingData", "load_training_pairs",
            "holdout_score", "split_holdout"]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -159,9 +159,9 @@ def model_grid(volume: Volume, config: SegmentationModelConfig) -> Volume:
     shape = model_shape(volume.shape, volume.spacing, config)
     scale = np.asarray(volume.shape, float) / np.asarray(shape, float)
     spacing = np.asarray(volume.spacing) * scale
-    first_centre = (0.5 * scale - 0.5)  # continuous source index of model voxel 0
-    origin = volume.index_to_lps(first_centre)
-    return Volume(np.zeros(shape, np.float32), tuple(spacing), tuple(origin), volume.direction)  # type: ignore[arg-type]
+    origin = volume.index_to_lps(0.5 * scale - 0.5)  # continuous source index of model voxel 0
+    return Volume(np.zeros(shape, np.float32), tuple(spacing),  # type: ignore[arg-type]
+                  tuple(origin), volume.direction)  # type: ignore[arg-type]
 
 
 def resize(tensor: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
@@ -272,13 +272,8 @@ def dice_per_label(pred: np.ndarray, truth: np.ndarray, labels: Mapping[int, str
     return scores
 
 
-def with_config(config: SegmentationModelConfig, **changes: Any) -> SegmentationModelConfig:
-    """A copy of ``config`` with ``changes`` (validated)."""
-    return replace(config, **changes)
-
-
 __all__ = [
     "CONFIG_KEY", "SegmentationModelConfig", "build_network", "select_device", "model_shape", "model_grid",
     "resize", "normalise", "preprocess", "labels_to_model_grid", "labels_from_model_grid", "postprocess",
-    "predict_probabilities", "segment_volume", "dice_per_label", "with_config",
+    "predict_probabilities", "segment_volume", "dice_per_label",
 ]

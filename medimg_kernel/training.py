@@ -224,6 +224,7 @@ def _log_model(network: torch.nn.Module, config: SegmentationModelConfig, model_
         network.cpu().eval(), name="model", serialization_format="pt2", input_example=example,
         signature=signature, pip_requirements=pip_requirements(),
         metadata={CONFIG_KEY: json.loads(config.to_json())}, registered_model_name=model_name,
+        validate_serving_input=False,  # the pyfunc JSON example path cannot feed 5-D tensors; it only warns
     )
 
 
