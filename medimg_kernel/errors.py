@@ -241,3 +241,28 @@ class NotJobOwnerError(InvalidTransitionError):
 
 class ConcurrentUpdateError(TaskStoreError):
     """Another session changed the same job between this one's read and its write; reload and retry."""
+
+
+class ModelNotFoundError(MedImgError, LookupError):
+    """No registered model version matches the name and alias (or version) asked for.
+
+    Attributes
+    ----------
+    name
+        The registered model name.
+    alias_or_version
+        The alias or version number looked up.
+    tracking_uri
+        The MLflow tracking/registry URI searched.
+    """
+
+    def __init__(self, name: str, alias_or_version: str, tracking_uri: str, hint: str = "") -> None:
+        self.name = name
+        self.alias_or_version = alias_or_version
+        self.tracking_uri = tracking_uri
+        super().__init__(
+            f"no registered model {name!r} with alias or version {alias_or_version!r} in the MLflow registry at "
+            f"{tracking_uri}" + (f" ({hint})" if hint else "") + "; train and register one with "
+            f"`papermill notebooks/train_segmentation.ipynb out.ipynb -p tracking_uri {tracking_uri} "
+            f"-p model_name {name}` or medimg_kernel.registry.ensure_segmentation_model(client, tracking_uri)"
+        )
