@@ -66,12 +66,13 @@ def _translate_errors(method: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
-def _http_error(transaction: str, url: str, exc: requests.HTTPError) -> DICOMwebError:
+def _http_error(transaction: str, url: str, exc: requests.HTTPError, resource: str = "") -> DICOMwebError:
     status = exc.response.status_code if exc.response is not None else None
     detail = ""
     if exc.response is not None and exc.response.text:
         detail = ": " + exc.response.text.strip().splitlines()[0][:200]
-    message = f"{transaction} failed with HTTP {status} from {url}{detail}"
+    target = f" of {resource}" if resource else ""
+    message = f"{transaction}{target} failed with HTTP {status} from {url}{detail}"
     if status == 404:
         return NotFoundError(message, status=status, url=url)
     if status in (401, 403):
@@ -186,7 +187,7 @@ class DICOMwebHTTPClient:
                 finally:
                     reader.close()
         except requests.HTTPError as exc:
-            raise _http_error(name, self.url, exc) from exc
+            raise _http_error(name, self.url, exc, path) from exc
         except requests.RequestException as exc:
             raise DICOMwebError(f"{name}: cannot reach the DICOMweb server at {self.url}: {exc}",
                                 url=self.url) from exc

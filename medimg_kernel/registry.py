@@ -96,8 +96,13 @@ def load_segmentation_model(
     *,
     device: str | torch.device | None = None,
     dst_path: str | Path | None = None,
+    cache: bool = True,
 ) -> LoadedModel:
     """Load a registered segmentation model by alias (e.g. ``"champion"``) or version number.
+
+    The alias is resolved on every call (so a moved alias takes effect at once); the weights of
+    a version already loaded in this process are reused when ``cache`` is true, which is what
+    keeps a warm pipeline kernel from re-downloading the model for every study.
 
     Parameters
     ----------
@@ -123,6 +128,9 @@ def load_segmentation_model(
     with tracking(tracking_uri) as client:
         found = _resolve(client, name, alias_or_version, tracking_uri)
         model_uri = f"models:/{name}/{found.version}"
+        key = (tracking_uri, name, int(found.version), str(select_device(device)))
+        if cache and key in _LOADED:
+            return _LOADED[key]
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, tracking_uri=tracking_uri,
                                                          dst_path=str(dst_path) if dst_path else None))
     config = _read_config(local, name, str(found.version))
@@ -131,7 +139,29 @@ def load_segmentation_model(
     network.load_state_dict(exported.state_dict(), strict=True)
     network = network.to(select_device(device)).eval()
     logger.info("loaded %s (run %s)", model_uri, found.run_id)
-    return LoadedModel(network, config, name, int(found.version), str(found.run_id), model_uri, dict(found.tags))
+    loaded = LoadedModel(network, config, name, int(found.version), str(found.run_id), model_uri, dict(found.tags))
+    if cache:
+        _LOADED[key] = loaded
+    return loaded
+
+
+#: Models loaded in this process, by (tracking URI, name, version, device).
+_LOADED: dict[tuple[str, str, int, str], LoadedModel] = {}
+
+
+def parse_model_reference(reference: str) -> tuple[str, str]:
+    """``"name"``, ``"name@alias"``, ``"name/3"`` or ``"models:/name/3"`` → (name, alias or version).
+
+    A bare name means the ``champion`` alias.
+    """
+    text = reference.removeprefix("models:/")
+    if "@" in text:
+        name, _, alias = text.partition("@")
+        return name, alias
+    if "/" in text:
+        name, _, version = text.partition("/")
+        return name, version
+    return text, DEFAULT_ALIAS
 
 
 def ensure_segmentation_model(

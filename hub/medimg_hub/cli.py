@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -20,6 +22,9 @@ from . import cli_tasks
 from .orthanc import OrthancServer
 from .services import platform_services
 from .settings import CONFIG_ENV_VAR, Settings, load_settings
+
+#: Seconds ``medimg up`` waits for the demo's pipeline runs to reach review.
+DEMO_WAIT_S = 900.0
 
 DESCRIPTIONS = {
     "pacs": "PACS (Orthanc + DICOMweb)",
@@ -94,6 +99,38 @@ def _load_demo(settings: Settings, pacs: OrthancServer) -> None:
         n = sum(1 for s in manifest.studies if s.site == site)
         click.echo(f"  {site}: {n} studies")
     click.echo(f"  manifest (study → site): {out_dir / 'manifest.json'}")
+    _run_demo_pipeline(settings, manifest)
+
+
+def _run_demo_pipeline(settings: Settings, manifest: Any) -> None:
+    from tqdm import tqdm
+
+    from medimg_kernel.registry import FIRST_MODEL_EPOCHS
+
+    from .demo_runs import DEMO_PIPELINE, ensure_demo_model, submit_demo_runs, wait_for_reviews
+    from .tasks.service import TaskService
+
+    with tqdm(total=FIRST_MODEL_EPOCHS, desc="training the demo model (only if none is registered)",
+              unit="epoch", file=sys.stderr) as bar:
+        version, trained = ensure_demo_model(settings, progress=bar.update)
+    model = f"{settings.mlflow.registered_model}@{settings.mlflow.model_alias}"
+    click.echo(f"Model {model}: version {version} ({'trained now' if trained else 'already registered'}); "
+               f"runs and registry at {settings.mlflow_tracking_uri}")
+    service = TaskService(settings)
+    try:
+        submitted = submit_demo_runs(service, manifest)
+        if submitted:
+            with tqdm(total=len(submitted), desc=f"{DEMO_PIPELINE} on the demo studies", unit="study",
+                      file=sys.stderr) as bar:
+                waiting = wait_for_reviews(service, [t.id for t in submitted], at_least=len(submitted),
+                                           timeout_s=DEMO_WAIT_S, progress=bar.update)
+            click.echo(f"Pipeline {DEMO_PIPELINE}: {len(submitted)} runs submitted, {waiting} waiting for review")
+        else:
+            click.echo(f"Pipeline {DEMO_PIPELINE}: every demo study already has a run")
+    finally:
+        service.close()
+    click.echo("  follow runs:  .venv/bin/medimg tasks list")
+    click.echo("  review a case (until the review dashboard, #5):  .venv/bin/medimg tasks decide JOB_ID accepted --actor NAME")
 
 
 @cli.command()
@@ -132,6 +169,7 @@ for _command in (cli_tasks.pipelines, cli_tasks.tasks, cli_tasks.worker, cli_tas
 
 def main() -> None:
     """Entry point: report our own errors as one clear line, exit code 1."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our own bars say enough
     try:
         cli(standalone_mode=True)
     except MedImgError as exc:

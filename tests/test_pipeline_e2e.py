@@ -1,0 +1,135 @@
+"""The organ-segmentation pipeline end to end through real processes: Orthanc, Redis, the
+MLflow server and registry, the dispatcher, a Celery worker running papermill kernels.
+
+Several demo studies are submitted; each run must leave a model SEG and an SR in the PACS that
+reference the right series, wait for review, and be traceable task → executed notebook →
+SOP Instance UIDs → MLflow run → registered model version."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+import requests
+
+from medimg_hub.demo import generate_demo
+from medimg_hub.ingest import ingest_files
+from medimg_hub.orthanc import OrthancServer
+from medimg_hub.process import free_port
+from medimg_hub.services import platform_services
+from medimg_hub.settings import (
+    DemoSettings, MlflowSettings, PacsSettings, PlatformSettings, QueueSettings, Settings, TasksSettings,
+)
+from medimg_hub.tasks.migrations import upgrade
+from medimg_hub.tasks.service import RunTarget, TaskService, resolve_targets
+from medimg_kernel.model import SegmentationModelConfig
+from medimg_kernel.registry import ensure_segmentation_model
+from medimg_kernel.report import read_sr_report
+from medimg_kernel.segmentation import describe_seg
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+#: A tiny network: this test is about the seams, not about Dice (benchmarks/train_quality.py is).
+TINY = SegmentationModelConfig(channels=(8, 16), strides=(2,), num_res_units=0, roi_size=(32, 32, 32))
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    var_dir = tmp_path_factory.mktemp("e2e")
+    settings = Settings(
+        platform=PlatformSettings(var_dir=var_dir),
+        pacs=PacsSettings(http_port=free_port()),
+        mlflow=MlflowSettings(port=free_port(), backend_store_uri=f"sqlite:///{var_dir}/mlflow.db",
+                              artifacts_dir=var_dir / "artifacts"),
+        queue=QueueSettings(redis_port=free_port(), worker_groups=("segmentation",), dispatch_interval_s=0.5),
+        tasks=TasksSettings(database_url=f"sqlite:///{var_dir}/platform.db", heartbeat_s=1.0, stale_after_s=5.0),
+        demo=DemoSettings(n_sites=3, studies_per_site=1),
+    )
+    upgrade(settings.database_url)
+    services = platform_services(settings)
+    try:
+        for service in services:
+            service.start()
+        manifest = generate_demo(var_dir / "demo", n_sites=3, studies_per_site=1, seed=5)
+        pacs = OrthancServer(settings)
+        ingest_files(pacs.client(), [var_dir / "demo" / f for s in manifest.studies for f in s.files])
+        loaded, trained = ensure_segmentation_model(pacs.client(), settings.mlflow_tracking_uri, config=TINY,
+                                                    epochs=1, holdout=0.34)
+        assert trained
+        yield settings, manifest, loaded
+    finally:
+        for service in reversed(services):
+            service.stop()
+
+
+def _wait_all(service, task_ids, predicate, timeout_s=300):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        tasks = [service.task(t) for t in task_ids]
+        if all(predicate(t) for t in tasks):
+            return tasks
+        time.sleep(0.5)
+    raise AssertionError(f"runs not done in {timeout_s} s: {[(t.id, t.status.value) for t in tasks]}")
+
+
+def test_cohort_runs_store_seg_and_sr_with_lineage(platform):
+    settings, manifest, loaded = platform
+    client = OrthancServer(settings).client()
+    service = TaskService(settings)
+    studies = [s.study_instance_uid for s in manifest.studies]
+    targets = resolve_targets(client, studies, {"Modality": "CT"})
+    assert [t.series_instance_uid for t in targets] == [s.series_instance_uid for s in manifest.studies]
+    submitted = service.submit("organ-segmentation", {}, owner="engineer1", targets=targets)
+    tasks = _wait_all(service, [t.id for t in submitted], lambda t: t.status.value in ("waiting_review", "failed"))
+
+    registry = requests.get(f"{settings.mlflow_tracking_uri}/api/2.0/mlflow/model-versions/get",
+                            params={"name": "organ-segmentation", "version": str(loaded.version)}, timeout=10).json()
+    for task in tasks:
+        segment, review = task.jobs
+        assert segment.status.value == "succeeded", segment.error
+        assert review.status.value == "waiting_review"
+        out = segment.outputs
+        [seg] = client.search_for_instances(task.study_instance_uid,
+                                            search_filters={"SOPInstanceUID": out["seg_sop_instance_uids"][0]})
+        seg_ds = client.retrieve_instance(task.study_instance_uid, seg["0020000E"]["Value"][0],
+                                          out["seg_sop_instance_uids"][0])
+        info = describe_seg(seg_ds)
+        assert info.is_model and str(seg_ds.SeriesDescription) == "model_organs"
+        assert info.source_series_instance_uids == (task.series_instance_uid,)
+        assert info.algorithm.version == str(out["model_version"]) == str(loaded.version)
+        [sr] = client.search_for_instances(task.study_instance_uid,
+                                           search_filters={"SOPInstanceUID": out["sr_sop_instance_uids"][0]})
+        sr_ds = client.retrieve_instance(task.study_instance_uid, sr["0020000E"]["Value"][0], out["sr_sop_instance_uids"][0])
+        report = read_sr_report(sr_ds)
+        assert report.segmentation_sop_instance_uid == out["seg_sop_instance_uids"][0]
+        assert report.source_series_instance_uid == task.series_instance_uid
+
+        executed = nbformat.read(out["executed_notebook"], 4)
+        injected = next(c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", []))
+        assert task.series_instance_uid in injected.source
+        run = requests.get(f"{settings.mlflow_tracking_uri}/api/2.0/mlflow/runs/get",
+                           params={"run_id": out["mlflow_run_id"]}, timeout=10).json()["run"]
+        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+        assert tags["medimg.task_id"] == task.id and tags["medimg.model_version"] == str(loaded.version)
+        assert out["model_run_id"] == registry["model_version"]["run_id"]
+
+    decided = service.decide(tasks[0].jobs[1].id, "accepted", actor="attending1")
+    assert decided.status.value == "accepted" and service.task(tasks[0].id).status.value == "succeeded"
+    service.close()
+
+
+def test_a_series_that_fails_to_load_fails_its_job_with_the_reason(platform):
+    settings, manifest, _ = platform
+    client = OrthancServer(settings).client()
+    before = len(client.search_for_instances(manifest.studies[0].study_instance_uid))
+    service = TaskService(settings)
+    [task] = service.submit("organ-segmentation", {}, owner="engineer1",
+                            targets=[RunTarget(manifest.studies[0].study_instance_uid, "1.2.3.999")])
+    [task] = _wait_all(service, [task.id], lambda t: t.status.value == "failed")
+    assert "NotFoundError" in task.jobs[0].error and "1.2.3.999" in task.jobs[0].error
+    assert task.jobs[0].attempts == 1
+    assert len(client.search_for_instances(manifest.studies[0].study_instance_uid)) == before
+    service.close()
