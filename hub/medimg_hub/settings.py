@@ -118,6 +118,59 @@ class PipelinesSettings:
 
 
 @dataclass(frozen=True)
+class HubSettings:
+    """JupyterHub, its proxy, and the platform API service behind it (issue #4)."""
+
+    #: Public port of configurable-http-proxy: the one URL people open.
+    port: int = 8000
+    #: JupyterHub's own API port and the proxy's API port (loopback only).
+    api_port: int = 8081
+    proxy_api_port: int = 8001
+    #: The platform API (DICOMweb gateway + tasks API), a hub-managed service at /services/platform/.
+    platform_api_port: int = 8090
+    #: "system-users": each user's server runs as their own OS account (LocalProcessSpawner; the
+    #: isolation DESIGN.md §3 needs). "shared": one OS account for all (development and tests only).
+    spawner: str = "system-users"
+    #: CUDA device ids in this machine's GPU pool (one per engineer-GPU server); empty = none.
+    gpu_devices: tuple[str, ...] = ()
+    #: Failed logins before an account is locked, and for how long (seconds).
+    lockout_attempts: int = 5
+    lockout_s: float = 300.0
+    #: "local" (hashed passwords in the platform database), "oidc" or "ldap".
+    authenticator: str = "local"
+
+
+@dataclass(frozen=True)
+class DatasetSettings:
+    """A dataset: a named set of studies, with grants to hub groups (``[[datasets]]`` tables).
+
+    Studies join a dataset by their InstitutionName (``institution``) when they are loaded,
+    or explicitly through the platform API.
+    """
+
+    name: str = ""
+    description: str = ""
+    #: InstitutionName of the studies that belong here (the demo sites: SITEA, SITEB, SITEC).
+    institution: str = ""
+    #: Hub groups granted each right.
+    read: tuple[str, ...] = ()
+    write: tuple[str, ...] = ()
+    review: tuple[str, ...] = ()
+    finalise: tuple[str, ...] = ()
+
+
+#: The demo's datasets: one per demo site (see medimg.toml).
+DEFAULT_DATASETS = (
+    DatasetSettings("site-a", "Demo site A (synthetic)", "SITEA", read=("engineers", "site-a"), write=("engineers",),
+                    review=("site-a",), finalise=("site-a-attendings",)),
+    DatasetSettings("site-b", "Demo site B (synthetic)", "SITEB", read=("engineers", "site-b"), write=("engineers",),
+                    review=("site-b",), finalise=("site-b-attendings",)),
+    DatasetSettings("site-c", "Demo site C (synthetic)", "SITEC", read=("site-c",), write=(),
+                    review=("site-c",), finalise=("site-c-attendings",)),
+)
+
+
+@dataclass(frozen=True)
 class DemoSettings:
     """Synthetic demo sites loaded by ``medimg up --demo``."""
 
@@ -137,6 +190,8 @@ class Settings:
     queue: QueueSettings = field(default_factory=QueueSettings)
     tasks: TasksSettings = field(default_factory=TasksSettings)
     pipelines: PipelinesSettings = field(default_factory=PipelinesSettings)
+    hub: HubSettings = field(default_factory=HubSettings)
+    datasets: tuple[DatasetSettings, ...] = DEFAULT_DATASETS
     demo: DemoSettings = field(default_factory=DemoSettings)
     #: The folder relative paths are resolved against (the settings file's folder).
     base_dir: Path = REPO_ROOT
@@ -182,6 +237,12 @@ def dump_settings(settings: Settings, path: Path) -> Path:
     lines = []
     for section in dataclasses.fields(settings):
         if section.name in ("base_dir", "config_file"):
+            continue
+        if section.name == "datasets":
+            for dataset in settings.datasets:
+                lines.append("[[datasets]]")
+                lines += [f"{f.name} = {_toml_value(getattr(dataset, f.name))}" for f in dataclasses.fields(dataset)]
+                lines.append("")
             continue
         lines.append(f"[{section.name}]")
         for item in dataclasses.fields(getattr(settings, section.name)):
@@ -259,21 +320,41 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"settings file {file} is not valid TOML: {exc}") from exc
     sections = {
-        "platform": PlatformSettings, "pacs": PacsSettings, "mlflow": MlflowSettings,
-        "queue": QueueSettings, "tasks": TasksSettings, "pipelines": PipelinesSettings, "demo": DemoSettings,
+        "platform": PlatformSettings, "pacs": PacsSettings, "mlflow": MlflowSettings, "queue": QueueSettings,
+        "tasks": TasksSettings, "pipelines": PipelinesSettings, "hub": HubSettings, "demo": DemoSettings,
     }
-    unknown = sorted(set(raw) - set(sections))
+    unknown = sorted(set(raw) - set(sections) - {"datasets"})
     if unknown:
-        raise ConfigurationError(f"unknown section(s) {unknown} in {file}; valid: {sorted(sections)}")
-    built = {name: _build(cls, name, raw.get(name, {})) for name, cls in sections.items()}
+        raise ConfigurationError(f"unknown section(s) {unknown} in {file}; valid: {sorted(sections)} and [[datasets]]")
+    built: dict[str, Any] = {name: _build(cls, name, raw.get(name, {})) for name, cls in sections.items()}
+    built["datasets"] = _datasets(raw.get("datasets"))
     _validate(built)
     return Settings(**built, base_dir=file.resolve().parent, config_file=file.resolve())
 
 
+def _datasets(raw: Any) -> tuple[DatasetSettings, ...]:
+    """``[[datasets]]`` tables; absent = the demo datasets."""
+    if raw is None:
+        return DEFAULT_DATASETS
+    if not isinstance(raw, list):
+        raise ConfigurationError("datasets must be an array of tables: [[datasets]] ...")
+    found = tuple(_build(DatasetSettings, f"datasets[{i}]", table) for i, table in enumerate(raw))
+    names = [d.name for d in found]
+    for i, dataset in enumerate(found):
+        if not dataset.name:
+            raise ConfigurationError(f"[[datasets]] number {i + 1} has no name")
+    if len(set(names)) != len(names):
+        raise ConfigurationError(f"dataset names must be unique: {names}")
+    return found
+
+
 def _validate(built: dict[str, Any]) -> None:
     pacs, demo, tasks = built["pacs"], built["demo"], built["tasks"]
+    hub = built["hub"]
     ports = [("pacs", "http_port", pacs.http_port), ("mlflow", "port", built["mlflow"].port),
-             ("queue", "redis_port", built["queue"].redis_port)]
+             ("queue", "redis_port", built["queue"].redis_port), ("hub", "port", hub.port),
+             ("hub", "api_port", hub.api_port), ("hub", "proxy_api_port", hub.proxy_api_port),
+             ("hub", "platform_api_port", hub.platform_api_port)]
     for section, name, port in ports:
         if not 1 <= port <= 65535:
             raise ConfigurationError(f"[{section}] {name}={port} is not a valid TCP port")
@@ -281,6 +362,10 @@ def _validate(built: dict[str, Any]) -> None:
         raise ConfigurationError(f"[pacs] dicom_port={pacs.dicom_port} is not a valid TCP port")
     if len({p for _, _, p in ports}) != len(ports):
         raise ConfigurationError(f"two services share a port: {[(f'[{s}] {n}', p) for s, n, p in ports]}")
+    if hub.spawner not in ("system-users", "shared"):
+        raise ConfigurationError(f"[hub] spawner={hub.spawner!r} must be 'system-users' or 'shared'")
+    if hub.authenticator not in ("local", "oidc", "ldap"):
+        raise ConfigurationError(f"[hub] authenticator={hub.authenticator!r} must be 'local', 'oidc' or 'ldap'")
     if not built["queue"].worker_groups:
         raise ConfigurationError("[queue] worker_groups must name at least one group")
     if tasks.stale_after_s < 3 * tasks.heartbeat_s:
