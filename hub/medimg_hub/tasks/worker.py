@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ class JobRunner:
         heartbeat.start()
         try:
             params = {**job.parameters, "medimg_job": str(workdir / "context.json")}
-            run_notebook(notebook, executed, params, warm=self.settings.queue.warm_kernels,
+            run = run_notebook(notebook, executed, params, warm=self.settings.queue.warm_kernels,
                          kernel_name=KERNEL_NAME, timeout_s=job.timeout_s)
         except StageExecutionError as exc:
             return self._failed(job, task.pipeline_id, heartbeat, exc.ename, str(exc), executed)
@@ -102,7 +103,9 @@ class JobRunner:
             heartbeat.stopped.set()
             heartbeat.join()
         outputs = {**read_outputs(context.outputs_path), "executed_notebook": str(executed)}
+        tracking_start = time.perf_counter()
         outputs["mlflow_run_id"] = self._track(job, task.pipeline_id, outputs, executed, "succeeded")
+        outputs["timing_s"] = {"notebook": round(run.seconds, 3), "tracking": round(time.perf_counter() - tracking_start, 3)}
         self.store.succeed(job.id, self.worker_id, outputs)
         return "succeeded"
 
