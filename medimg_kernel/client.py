@@ -81,7 +81,41 @@ def _http_error(transaction: str, url: str, exc: requests.HTTPError, resource: s
     return DICOMwebError(message, status=status, url=url)
 
 
-class DICOMwebHTTPClient:
+class _QidoByDelegation:
+    """QIDO-RS verbs handed to a dicomweb-client object (``self._client``), errors translated."""
+
+    url: str
+    _client: Any
+
+    @_translate_errors
+    def search_for_studies(self, *, search_filters: dict[str, Any] | None = None,
+                           fields: Sequence[str] | None = None, limit: int | None = None,
+                           offset: int | None = None) -> list[DicomJSON]:
+        return self._client.search_for_studies(
+            search_filters=search_filters, fields=fields, limit=limit, offset=offset
+        )
+
+    @_translate_errors
+    def search_for_series(self, study_instance_uid: str | None = None, *,
+                          search_filters: dict[str, Any] | None = None, fields: Sequence[str] | None = None,
+                          limit: int | None = None, offset: int | None = None) -> list[DicomJSON]:
+        return self._client.search_for_series(
+            study_instance_uid, search_filters=search_filters, fields=fields, limit=limit, offset=offset
+        )
+
+    @_translate_errors
+    def search_for_instances(self, study_instance_uid: str | None = None,
+                             series_instance_uid: str | None = None, *,
+                             search_filters: dict[str, Any] | None = None, fields: Sequence[str] | None = None,
+                             limit: int | None = None, offset: int | None = None) -> list[DicomJSON]:
+        return self._client.search_for_instances(
+            study_instance_uid, series_instance_uid, search_filters=search_filters, fields=fields,
+            limit=limit, offset=offset,
+        )
+
+
+
+class DICOMwebHTTPClient(_QidoByDelegation):
     """A DICOMweb origin server (the platform gateway, Orthanc, any PACS) over HTTP.
 
     Parameters
@@ -113,32 +147,6 @@ class DICOMwebHTTPClient:
 
     def __repr__(self) -> str:
         return f"DICOMwebHTTPClient({self.url!r})"
-
-    @_translate_errors
-    def search_for_studies(self, *, search_filters: dict[str, Any] | None = None,
-                           fields: Sequence[str] | None = None, limit: int | None = None,
-                           offset: int | None = None) -> list[DicomJSON]:
-        return self._client.search_for_studies(
-            search_filters=search_filters, fields=fields, limit=limit, offset=offset
-        )
-
-    @_translate_errors
-    def search_for_series(self, study_instance_uid: str | None = None, *,
-                          search_filters: dict[str, Any] | None = None, fields: Sequence[str] | None = None,
-                          limit: int | None = None, offset: int | None = None) -> list[DicomJSON]:
-        return self._client.search_for_series(
-            study_instance_uid, search_filters=search_filters, fields=fields, limit=limit, offset=offset
-        )
-
-    @_translate_errors
-    def search_for_instances(self, study_instance_uid: str | None = None,
-                             series_instance_uid: str | None = None, *,
-                             search_filters: dict[str, Any] | None = None, fields: Sequence[str] | None = None,
-                             limit: int | None = None, offset: int | None = None) -> list[DicomJSON]:
-        return self._client.search_for_instances(
-            study_instance_uid, series_instance_uid, search_filters=search_filters, fields=fields,
-            limit=limit, offset=offset,
-        )
 
     def retrieve_series(self, study_instance_uid: str, series_instance_uid: str) -> list[Dataset]:
         return list(self.iter_series(study_instance_uid, series_instance_uid))
@@ -193,7 +201,7 @@ class DICOMwebHTTPClient:
                                 url=self.url) from exc
 
 
-class DICOMfolderClient:
+class DICOMfolderClient(_QidoByDelegation):
     """A local folder of DICOM files, served with the same verbs as a DICOMweb server.
 
     Wraps dicomweb-client's ``DICOMfileClient`` (which indexes the folder in a
@@ -215,29 +223,6 @@ class DICOMfolderClient:
 
     def __repr__(self) -> str:
         return f"DICOMfolderClient({str(self.folder)!r})"
-
-    def search_for_studies(self, *, search_filters: dict[str, Any] | None = None,
-                           fields: Sequence[str] | None = None, limit: int | None = None,
-                           offset: int | None = None) -> list[DicomJSON]:
-        return self._client.search_for_studies(
-            search_filters=search_filters, fields=fields, limit=limit, offset=offset
-        )
-
-    def search_for_series(self, study_instance_uid: str | None = None, *,
-                          search_filters: dict[str, Any] | None = None, fields: Sequence[str] | None = None,
-                          limit: int | None = None, offset: int | None = None) -> list[DicomJSON]:
-        return self._client.search_for_series(
-            study_instance_uid, search_filters=search_filters, fields=fields, limit=limit, offset=offset
-        )
-
-    def search_for_instances(self, study_instance_uid: str | None = None,
-                             series_instance_uid: str | None = None, *,
-                             search_filters: dict[str, Any] | None = None, fields: Sequence[str] | None = None,
-                             limit: int | None = None, offset: int | None = None) -> list[DicomJSON]:
-        return self._client.search_for_instances(
-            study_instance_uid, series_instance_uid, search_filters=search_filters, fields=fields,
-            limit=limit, offset=offset,
-        )
 
     def retrieve_series(self, study_instance_uid: str, series_instance_uid: str) -> list[Dataset]:
         return list(self.iter_series(study_instance_uid, series_instance_uid))
