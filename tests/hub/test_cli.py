@@ -20,9 +20,14 @@ def _medimg(*args: str, config: Path | None = None) -> subprocess.CompletedProce
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("sub", [None, *SUBCOMMANDS])
+NESTED = [("tasks", "submit"), ("tasks", "list"), ("tasks", "show"), ("tasks", "cancel"), ("tasks", "decide"),
+          ("pipelines", "list")]
+
+
+@pytest.mark.parametrize("sub", [None, *SUBCOMMANDS, *NESTED])
 def test_every_subcommand_has_help(sub):
-    result = _medimg(*([sub] if sub else []), "--help")
+    words = [] if sub is None else ([sub] if isinstance(sub, str) else list(sub))
+    result = _medimg(*words, "--help")
     assert result.returncode == 0, result.stderr
     assert "Usage:" in result.stdout
 
