@@ -3,7 +3,7 @@ MLflow server and registry, the dispatcher, a Celery worker running papermill ke
 
 Several demo studies are submitted; each run must leave a model SEG and an SR in the PACS that
 reference the right series, wait for review, and be traceable task → executed notebook →
-SOP Instance UIDs → MLflow run → registered model version."""
+SOP Instance UIDs → MLflow run → registered model version. The task store is SQLite, then PostgreSQL."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from medimg_kernel.model import SegmentationModelConfig
 from medimg_kernel.registry import ensure_segmentation_model
 from medimg_kernel.report import read_sr_report
 from medimg_kernel.segmentation import describe_seg
+from tests.hub.postgres import PostgresServer, postgres_available
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -36,16 +37,25 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TINY = SegmentationModelConfig(channels=(8, 16), strides=(2,), num_res_units=0, roi_size=(32, 32, 32))
 
 
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory):
-    var_dir = tmp_path_factory.mktemp("e2e")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def platform(request, tmp_path_factory):
+    """Every service as a real process, demo studies in the PACS, a tiny registered model."""
+    var_dir = tmp_path_factory.mktemp(f"e2e-{request.param}")
+    postgres = None
+    database_url = f"sqlite:///{var_dir}/platform.db"
+    if request.param == "postgresql":
+        if reason := postgres_available():
+            pytest.skip(reason)
+        postgres = PostgresServer()
+        postgres.start()
+        database_url = postgres.create_database()
     settings = Settings(
         platform=PlatformSettings(var_dir=var_dir),
         pacs=PacsSettings(http_port=free_port()),
         mlflow=MlflowSettings(port=free_port(), backend_store_uri=f"sqlite:///{var_dir}/mlflow.db",
                               artifacts_dir=var_dir / "artifacts"),
         queue=QueueSettings(redis_port=free_port(), worker_groups=("segmentation",), dispatch_interval_s=0.5),
-        tasks=TasksSettings(database_url=f"sqlite:///{var_dir}/platform.db", heartbeat_s=1.0, stale_after_s=5.0),
+        tasks=TasksSettings(database_url=database_url, heartbeat_s=1.0, stale_after_s=5.0),
         demo=DemoSettings(n_sites=3, studies_per_site=1),
     )
     upgrade(settings.database_url)
@@ -63,6 +73,8 @@ def platform(tmp_path_factory):
     finally:
         for service in reversed(services):
             service.stop()
+        if postgres is not None:
+            postgres.stop()
 
 
 def _wait_all(service, task_ids, predicate, timeout_s=300):
