@@ -175,7 +175,10 @@ def test_worker_killed_mid_job_is_recovered_and_the_job_never_runs_twice_at_once
     task = _wait(service, task.id, lambda t: _job(t).status.value == "running")
     worker = _worker(settings)
     pid = worker.process.pid()
-    time.sleep(1.5)  # the notebook is sleeping inside the kernel
+    log = logs / f"{_job(task).id}.log"
+    deadline = time.monotonic() + 60
+    while not (log.exists() and "start" in log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)  # wait until the notebook is sleeping inside the kernel
     kernels = _children(pid)
     os.kill(pid, signal.SIGKILL)
     time.sleep(settings.tasks.stale_after_s + 1)

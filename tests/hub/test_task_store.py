@@ -390,3 +390,31 @@ def test_derived_task_status():
     assert derive_task_status([S.RUNNING, S.WAITING_REVIEW]) is TaskStatus.RUNNING
     assert derive_task_status([S.SUCCEEDED, S.WAITING_REVIEW, S.PENDING]) is TaskStatus.WAITING_REVIEW
     assert derive_task_status([S.SUCCEEDED, S.PENDING]) is TaskStatus.PENDING
+
+
+def test_sending_a_job_claimed_meanwhile_is_skipped(tmp_path):
+    """A worker may claim a job between the dispatcher's query and its send: no error, no message."""
+    from medimg_hub.tasks.queue import send_job
+    from medimg_hub.tasks.store import TaskStore
+    from medimg_hub.tasks.migrations import upgrade
+    from medimg_kernel.pipeline import load_pipeline
+
+    url = f"sqlite:///{tmp_path / 'race.sqlite'}"
+    upgrade(url)
+    store = TaskStore(url)
+    pipeline = load_pipeline(Path(__file__).resolve().parents[2] / "notebooks" / "pipelines" / "example-echo")
+    task = store.create_task(pipeline, {"series_instance_uid": "1.2.3"}, owner="engineer1")
+    [job] = store.jobs_to_dispatch()
+    assert store.claim(job.id, "worker-a") is not None
+
+    class App:
+        sent: list = []
+        conf = type("Conf", (), {"task_default_queue": "default"})
+
+        def send_task(self, *args, **kwargs):
+            self.sent.append((args, kwargs))
+
+    app = App()
+    assert send_job(app, store, job) is False and app.sent == []
+    assert store.get_task(task.id).jobs[0].status.value == "running"
+    store.close()

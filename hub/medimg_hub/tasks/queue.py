@@ -11,6 +11,8 @@ import logging
 
 from celery import Celery
 
+from medimg_kernel.errors import InvalidTransitionError
+
 from ..broker import RedisBroker
 from ..settings import Settings
 from .models import JobRecord
@@ -38,16 +40,24 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def send_job(app: Celery, store: TaskStore, job: JobRecord) -> None:
-    """Put one queued job on its group's queue and note when it was sent."""
+def send_job(app: Celery, store: TaskStore, job: JobRecord) -> bool:
+    """Put one queued job on its group's queue; False if it was no longer queued.
+
+    The job is marked dispatched *before* the message goes out: a worker may claim it the
+    moment the message lands. Should sending fail after marking, the dispatcher sends it again
+    once ``redispatch_after_s`` has passed.
+    """
+    try:
+        store.mark_dispatched(job.id)
+    except InvalidTransitionError:
+        log.debug("job %s is no longer queued (claimed or cancelled meanwhile); not sent", job.id)
+        return False
     app.send_task(RUN_JOB, args=[job.id], queue=job.worker_group or app.conf.task_default_queue)
-    store.mark_dispatched(job.id)
     log.info("dispatched job %s (stage %s) to queue %s", job.id, job.stage_id, job.worker_group)
+    return True
 
 
 def dispatch_ready(app: Celery, store: TaskStore, *, redispatch_after_s: float | None = None) -> int:
     """Send every queued job that needs a message; returns how many were sent."""
     jobs = store.jobs_to_dispatch(redispatch_after_s=redispatch_after_s)
-    for job in jobs:
-        send_job(app, store, job)
-    return len(jobs)
+    return sum(send_job(app, store, job) for job in jobs)
