@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
+import requests
 from jupyterhub.services.auth import HubAuth
 from tornado.web import Application
 
@@ -21,6 +22,7 @@ from .auth import HubIdentities
 from .base import HealthHandler, PlatformContext
 from .datasets import DatasetDirectory, sync_datasets
 from .metrics import PlatformMetrics
+from .paths import BadRequest, check_uid
 from .tasks_access import TaskAccess
 from .upstream import Orthanc
 
@@ -63,8 +65,25 @@ def build_context(settings: Settings, env: Mapping[str, str], *, migrate: bool =
         settings=settings, prefix=prefix, identities=HubIdentities(hub_auth), directory=directory,
         audit=AuditLog(engine), metrics=PlatformMetrics(),
         orthanc=Orthanc(pacs.dicomweb_url, (creds.username, creds.password), executor),
-        tasks=TaskAccess(service, directory, engine), executor=executor,
+        tasks=TaskAccess(service, directory, engine, _series_lookup(pacs)), executor=executor,
     )
+
+
+def _series_lookup(pacs: OrthancServer) -> Callable[[str], str | None]:
+    """StudyInstanceUID of a series, asked of Orthanc (``None``: no such series, or a malformed UID)."""
+    session = pacs.session()
+
+    def study_of_series(series_uid: str) -> str | None:
+        try:
+            check_uid(series_uid, "SeriesInstanceUID")
+            found = session.get(f"{pacs.dicomweb_url}/series", timeout=(5, 30), params={
+                "SeriesInstanceUID": series_uid, "includefield": "0020000D", "limit": "2"}).json()
+        except (BadRequest, requests.RequestException, ValueError):
+            return None
+        studies = {str(item.get("0020000D", {}).get("Value", [""])[0]) for item in found}
+        return studies.pop() if len(studies) == 1 else None
+
+    return study_of_series
 
 
 def make_app(context: PlatformContext) -> Application:

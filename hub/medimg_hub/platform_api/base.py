@@ -77,9 +77,12 @@ class PlatformHandler(RequestHandler):
         self.bytes_out = 0
         self.bytes_in = 0
         self._started = time.perf_counter()
+        self.set_default_headers()
 
     def set_default_headers(self) -> None:
-        self.set_header("X-Request-Id", self.request_id)
+        # called by tornado before initialize() too, and again by clear()
+        if hasattr(self, "request_id"):
+            self.set_header("X-Request-Id", self.request_id)
         self.set_header("Cache-Control", "no-store")
         self.clear_header("Server")
 

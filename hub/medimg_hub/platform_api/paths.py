@@ -81,6 +81,8 @@ def _raw_segments(raw_path: str, root: str) -> list[str]:
         segments.pop()
     if any(s in (".", "..") for s in segments):
         raise BadRequest("path traversal")
+    if "" in segments:
+        raise BadRequest("empty path segment")
     return segments
 
 

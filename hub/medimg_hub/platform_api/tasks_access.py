@@ -5,7 +5,8 @@ Rules (dataset rights come from the ``[[datasets]]`` grants of the caller's grou
 * **list / show**: tasks of datasets the caller may ``read``, and the caller's own tasks.
   Any other task is "not found" (404), exactly like one that does not exist.
 * **submit**: needs ``write`` on the task's dataset, and every study the run names
-  (``studies`` and ``study_uid`` parameters) must be in that dataset. Engineers get ``write``
+  (``studies``, ``study_uid`` parameters, and the studies of ``series_uid`` parameters, looked up
+  in the PACS) must be in that dataset. Engineers get ``write``
   on the datasets they develop on; clinicians do not submit.
 * **cancel**: the task's owner or a hub admin.
 * **decide** (a manual job): ``finalise`` completes the stage through
@@ -16,7 +17,7 @@ Rules (dataset rights come from the ``[[datasets]]`` grants of the caller's grou
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -55,8 +56,10 @@ def task_json(task: TaskRecord, proposals: Sequence[dict[str, Any]] = ()) -> dic
 class TaskAccess:
     """The tasks API's operations for one caller at a time (blocking: run them in a thread)."""
 
-    def __init__(self, service: TaskService, directory: DatasetDirectory, engine: Engine) -> None:
+    def __init__(self, service: TaskService, directory: DatasetDirectory, engine: Engine,
+                 study_of_series: Callable[[str], str | None]) -> None:
         self.service = service
+        self.study_of_series = study_of_series
         self.directory = directory
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
@@ -92,6 +95,12 @@ class TaskAccess:
         pipeline = self.service.pipeline(pipeline_id)
         named = studies + [str(parameters[p.name]) for p in pipeline.parameters
                            if p.type is ParameterType.STUDY_UID and p.name in parameters]
+        for param in pipeline.parameters:
+            if param.type is ParameterType.SERIES_UID and param.name in parameters:
+                study = self.study_of_series(str(parameters[param.name]))
+                if study is None:
+                    raise TaskAccessError(403, "a series of the run is in no study of the dataset", dataset)
+                named.append(study)
         members = self.directory.datasets_of(named)
         if any(members.get(uid) != dataset for uid in named):
             raise TaskAccessError(403, "a study of the run is not in the dataset", dataset)
