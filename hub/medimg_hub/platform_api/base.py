@@ -68,6 +68,9 @@ class PlatformHandler(RequestHandler):
     action = "unknown"
     #: Whether requests need a hub token (False only for the health check).
     authenticated = True
+    #: Streaming handlers (``@stream_request_body``) close the connection when refusing in prepare().
+    close_on_refusal = False
+    _prepared = False
 
     def initialize(self, context: PlatformContext) -> None:
         self.ctx = context
@@ -94,6 +97,10 @@ class PlatformHandler(RequestHandler):
         except AuthFailure as failure:
             self.refuse(failure.status, failure.reason)
 
+    def prepared(self) -> None:
+        """Mark the end of prepare() (refusals after it keep the connection)."""
+        self._prepared = True
+
     @property
     def user(self) -> Identity:
         assert self.identity is not None  # noqa: S101 - prepare() refused the request otherwise
@@ -106,6 +113,10 @@ class PlatformHandler(RequestHandler):
         self.set_status(status)
         if status == 401:
             self.set_header("WWW-Authenticate", 'token realm="jupyterhub"')
+        if self.close_on_refusal and not self._prepared:
+            # tornado drops the connection of a streaming handler that answers before reading the
+            # body; say so, or the proxy reuses the socket and its next request fails (503)
+            self.set_header("Connection", "close")
         self.write_json({"error": ERROR_BODIES.get(status, "error")})
         raise Finish()
 

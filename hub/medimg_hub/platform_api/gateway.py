@@ -57,11 +57,12 @@ class DicomWebHandler(PlatformHandler):
     """Every DICOMweb request below ``{prefix}dicom-web/``."""
 
     route = "dicom-web"
+    spool: Any = None
+    close_on_refusal = True
 
     async def prepare(self) -> None:
         self.action = "dicomweb"
         await super().prepare()  # authentication first: refused callers' bodies are never read
-        self.spool: Any = None
         try:
             self.target: DicomPath = parse_dicomweb_path(self.request.path, f"{self.ctx.prefix}dicom-web/",
                                                          self.request.method or "")
@@ -78,6 +79,7 @@ class DicomWebHandler(PlatformHandler):
 
             self.request.connection.set_max_body_size(MAX_STOW_BYTES)
             self.spool = tempfile.SpooledTemporaryFile(SPOOL_MEMORY_BYTES)
+        self.prepared()
 
     def data_received(self, chunk: bytes) -> None:
         if self.spool is not None:
