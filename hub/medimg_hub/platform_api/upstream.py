@@ -20,8 +20,9 @@ import requests
 
 log = logging.getLogger(__name__)
 
-#: Bytes read from Orthanc at a time when streaming.
-CHUNK_BYTES = 1 << 20
+#: Bytes read from Orthanc at a time when streaming (at most two chunks are held per response:
+#: the one being written to the caller and the next one being read).
+CHUNK_BYTES = 4 << 20
 #: (connect, read) timeouts in seconds.
 TIMEOUT_S = (5.0, 300.0)
 #: Orthanc response headers passed to the caller.
@@ -101,17 +102,23 @@ class Orthanc:
         response: requests.Response = await self._run(self._open, path, query, headers)
         return response.status_code, _passed(response), self._chunks(response)
 
-    async def _chunks(self, response: requests.Response) -> AsyncIterator[bytes]:
+    def _read(self, response: requests.Response) -> bytes:
         try:
-            while True:
-                try:
-                    chunk = await self._run(response.raw.read, CHUNK_BYTES)
-                except (requests.RequestException, OSError) as exc:
-                    raise UpstreamError(f"reading a response: {type(exc).__name__}") from None
-                if not chunk:
-                    return
+            return response.raw.read(CHUNK_BYTES, decode_content=False)
+        except (requests.RequestException, OSError) as exc:
+            raise UpstreamError(f"reading a response: {type(exc).__name__}") from None
+
+    async def _chunks(self, response: requests.Response) -> AsyncIterator[bytes]:
+        """Yield the body in chunks, reading the next chunk while the caller writes the current one."""
+        loop = asyncio.get_running_loop()
+        pending = loop.run_in_executor(self._executor, self._read, response)
+        try:
+            while chunk := await pending:
+                pending = loop.run_in_executor(self._executor, self._read, response)
                 yield chunk
         finally:
+            if not pending.done():
+                await asyncio.wait([pending])
             response.close()
 
     def _post(self, path: str, body: IO[bytes], headers: Mapping[str, str]) -> Buffered:
