@@ -39,13 +39,18 @@ class IngestReport:
         return sum(self.stored.values())
 
 
-def _read_headers(paths: Iterable[Path]) -> dict[str, list[Path]]:
-    """Group files by StudyInstanceUID, refusing files that are not DICOM."""
+def _read_headers(paths: Iterable[Path], institutions: dict[str, str | None] | None = None) -> dict[str, list[Path]]:
+    """Group files by StudyInstanceUID, refusing files that are not DICOM.
+
+    ``institutions``, when given, receives each study's InstitutionName (from its first file).
+    """
     by_study: dict[str, list[Path]] = defaultdict(list)
     for path in paths:
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "InstitutionName"])
             by_study[str(ds.StudyInstanceUID)].append(path)
+            if institutions is not None and str(ds.StudyInstanceUID) not in institutions:
+                institutions[str(ds.StudyInstanceUID)] = str(ds.get("InstitutionName", "")).strip() or None
         except (InvalidDicomError, AttributeError, EOFError, OSError, ValueError) as exc:
             raise DicomFileError(path, f"cannot be ingested: not a readable DICOM file with a StudyInstanceUID ({exc})") from exc
     return by_study
@@ -70,6 +75,7 @@ def ingest_files(
     *,
     progress: Callable[[int], None] | None = None,
     batch_bytes: int = STOW_BATCH_BYTES,
+    assign: Callable[[str, str | None], None] | None = None,
 ) -> IngestReport:
     """Store DICOM files in the PACS, study by study, skipping complete studies.
 
@@ -81,9 +87,16 @@ def ingest_files(
         DICOM Part 10 files.
     progress
         Called with the number of instances handled after each batch or skipped study.
+    assign
+        Called with (StudyInstanceUID, InstitutionName or None) for every study stored or
+        already complete, e.g. :func:`medimg_hub.platform_api.datasets.ingest_assigner` to put
+        it in its dataset. A study is assigned before its instances are sent.
     """
     report = IngestReport()
-    for study_uid, files in _read_headers(paths).items():
+    institutions: dict[str, str | None] = {}
+    for study_uid, files in _read_headers(paths, institutions).items():
+        if assign is not None:
+            assign(study_uid, institutions.get(study_uid))
         present = len(client.search_for_instances(study_uid, fields=["SOPInstanceUID"]))
         if present >= len(files):
             report.skipped.append(study_uid)

@@ -1,0 +1,104 @@
+"""Build the platform API's tornado application from the settings and JupyterHub's environment."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+from jupyterhub.services.auth import HubAuth
+from tornado.web import Application
+
+from ..orthanc import OrthancServer
+from ..settings import Settings
+from ..tasks import upgrade
+from ..tasks.models import make_engine
+from ..tasks.service import TaskService
+from ..tasks.store import TaskStore
+from . import admin_api, gateway, tasks_api
+from .audit import AuditLog
+from .auth import HubIdentities
+from .base import HealthHandler, PlatformContext
+from .datasets import DatasetDirectory, sync_datasets
+from .metrics import PlatformMetrics
+from .paths import BadRequest, check_uid
+from .tasks_access import TaskAccess
+from .upstream import Orthanc
+
+log = logging.getLogger(__name__)
+
+#: Threads for blocking calls (Orthanc requests, database): one streaming WADO-RS response holds one.
+WORKER_THREADS = 32
+DEFAULT_PREFIX = "/services/platform/"
+
+
+def build_context(settings: Settings, env: Mapping[str, str], *, migrate: bool = True) -> PlatformContext:
+    """Connect everything the handlers need.
+
+    Parameters
+    ----------
+    settings
+        Platform settings (database, PACS, datasets).
+    env
+        JupyterHub's environment for a managed service: ``JUPYTERHUB_API_TOKEN``,
+        ``JUPYTERHUB_API_URL``, ``JUPYTERHUB_SERVICE_PREFIX``, ``JUPYTERHUB_SERVICE_NAME``.
+    migrate
+        Bring the platform database to the newest schema first (idempotent).
+    """
+    if migrate:
+        upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    sync_datasets(engine, settings.datasets)
+    prefix = env.get("JUPYTERHUB_SERVICE_PREFIX", DEFAULT_PREFIX)
+    prefix = prefix if prefix.endswith("/") else prefix + "/"
+    name = env.get("JUPYTERHUB_SERVICE_NAME", "platform")
+    hub_auth = HubAuth(api_token=env.get("JUPYTERHUB_API_TOKEN", ""),
+                       api_url=env.get("JUPYTERHUB_API_URL", f"http://127.0.0.1:{settings.hub.api_port}/hub/api"),
+                       access_scopes={f"access:services!service={name}"}, cache_max_age=60)
+    pacs = OrthancServer(settings)
+    creds = pacs.credentials()
+    executor = ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="platform-api")
+    directory = DatasetDirectory(engine)
+    service = TaskService(settings, TaskStore(settings.database_url))
+    return PlatformContext(
+        settings=settings, prefix=prefix, identities=HubIdentities(hub_auth), directory=directory,
+        audit=AuditLog(engine), metrics=PlatformMetrics(),
+        orthanc=Orthanc(pacs.dicomweb_url, (creds.username, creds.password), executor),
+        tasks=TaskAccess(service, directory, engine, _series_lookup(pacs)), executor=executor,
+    )
+
+
+def _series_lookup(pacs: OrthancServer) -> Callable[[str], str | None]:
+    """StudyInstanceUID of a series, asked of Orthanc (``None``: no such series, or a malformed UID)."""
+    session = pacs.session()
+
+    def study_of_series(series_uid: str) -> str | None:
+        try:
+            check_uid(series_uid, "SeriesInstanceUID")
+            found = session.get(f"{pacs.dicomweb_url}/series", timeout=(5, 30), params={
+                "SeriesInstanceUID": series_uid, "includefield": "0020000D", "limit": "2"}).json()
+        except (BadRequest, requests.RequestException, ValueError):
+            return None
+        studies = {str(item.get("0020000D", {}).get("Value", [""])[0]) for item in found}
+        return studies.pop() if len(studies) == 1 else None
+
+    return study_of_series
+
+
+def make_app(context: PlatformContext) -> Application:
+    """The tornado application: every module's ``default_handlers`` under the service prefix."""
+    routes = [(r"health/?", HealthHandler)]
+    for module in (gateway, tasks_api, admin_api):
+        routes += module.default_handlers
+    handlers = [(context.prefix + pattern, handler, {"context": context}) for pattern, handler in routes]
+    return Application(handlers, xsrf_cookies=False, log_function=_log_request)
+
+
+def _log_request(handler: object) -> None:
+    """Access log without URIs (they hold UIDs): method, route, status, time, request id."""
+    status = handler.get_status()  # type: ignore[attr-defined]
+    request = handler.request  # type: ignore[attr-defined]
+    level = logging.INFO if status < 400 else logging.WARNING
+    log.log(level, "%s %s %d %.1f ms %s", request.method, getattr(handler, "route", "?"), status,
+            1000 * request.request_time(), getattr(handler, "request_id", "-"))
