@@ -153,12 +153,13 @@ class HubSettings:
     #: Seconds a user's server may take to start.
     spawn_timeout_s: int = 60
     #: "oidc": the identity provider's endpoints, the client, and the claims holding the username
-    #: and the groups (mapped 1:1 to hub groups). The client secret is read from the file.
+    #: and the groups (mapped 1:1 to hub groups). The client secret is read from the file
+    #: (empty = ``var/secrets/oidc-client-secret``).
     oidc_authorize_url: str = ""
     oidc_token_url: str = ""
     oidc_userdata_url: str = ""
     oidc_client_id: str = ""
-    oidc_client_secret_file: Path = Path("var/secrets/oidc-client-secret")
+    oidc_client_secret_file: str = ""
     oidc_username_claim: str = "preferred_username"
     oidc_groups_claim: str = "groups"
     #: "ldap": the directory server, the DN template(s) users bind with ("{username}" is replaced),

@@ -56,7 +56,7 @@ def test_oidc_maps_the_groups_claim_to_hub_groups(tmp_path, monkeypatch):
     secret.write_text("s3cret\n")
     cfg = load_hub_config(tmp_path, monkeypatch, authenticator="oidc", oidc_client_id="medimg",
                           oidc_authorize_url="https://idp.example/auth", oidc_token_url="https://idp.example/token",
-                          oidc_userdata_url="https://idp.example/userinfo", oidc_client_secret_file=secret,
+                          oidc_userdata_url="https://idp.example/userinfo", oidc_client_secret_file=str(secret),
                           oidc_groups_claim="roles")
     auth = build_authenticator(cfg)
     assert type(auth).__name__ == "GenericOAuthenticator"

@@ -7,6 +7,7 @@ so the config file applies them and the tests check them without a network.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from ldapauthenticator import LDAPAuthenticator
@@ -110,7 +111,8 @@ def oidc_config(settings: Settings) -> tuple[str, dict[str, Any]]:
                if not getattr(hub, k)]
     if missing:
         raise ConfigurationError(f"[hub] authenticator = 'oidc' needs {missing} in the settings file")
-    secret_file = settings.resolve(hub.oidc_client_secret_file)
+    secret_file = (settings.resolve(Path(hub.oidc_client_secret_file)) if hub.oidc_client_secret_file
+                   else settings.var_dir / "secrets" / "oidc-client-secret")
     if not secret_file.exists():
         raise ConfigurationError(f"[hub] oidc_client_secret_file {secret_file} does not exist; write the "
                                  "client secret there (mode 0600)")
