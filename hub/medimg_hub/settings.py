@@ -138,6 +138,36 @@ class HubSettings:
     lockout_s: float = 300.0
     #: "local" (hashed passwords in the platform database), "oidc" or "ldap".
     authenticator: str = "local"
+    #: Hub users who are JupyterHub admins (they approve sign-ups and manage users and groups).
+    admin_users: tuple[str, ...] = ("admin",)
+    #: "local" only: show the sign-up form (accounts still need an admin's approval). Off: the
+    #: admin creates accounts (``python -m medimg_hub.demo_users`` shows how).
+    signup: bool = False
+    #: The Python that runs users' servers and kernels; empty = the hub's own interpreter. With
+    #: spawner "system-users" it must be readable and executable by those accounts (e.g. /opt/medimg/venv).
+    user_python: str = ""
+    #: "system-users": where the OS accounts' homes are created (mode 0700 each), and the prefix of
+    #: their names (hub user ``alice`` runs as OS account ``medimg-alice``).
+    homes_dir: Path = Path("/home")
+    os_user_prefix: str = "medimg-"
+    #: Seconds a user's server may take to start.
+    spawn_timeout_s: int = 60
+    #: "oidc": the identity provider's endpoints, the client, and the claims holding the username
+    #: and the groups (mapped 1:1 to hub groups). The client secret is read from the file
+    #: (empty = ``var/secrets/oidc-client-secret``).
+    oidc_authorize_url: str = ""
+    oidc_token_url: str = ""
+    oidc_userdata_url: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret_file: str = ""
+    oidc_username_claim: str = "preferred_username"
+    oidc_groups_claim: str = "groups"
+    #: "ldap": the directory server, the DN template(s) users bind with ("{username}" is replaced),
+    #: and "LDAP group DN=hub group" pairs: members of the DN join the hub group at each login.
+    ldap_server: str = ""
+    ldap_port: int = 636
+    ldap_bind_dn_templates: tuple[str, ...] = ()
+    ldap_group_map: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -178,6 +208,8 @@ class DemoSettings:
     studies_per_site: int = 4
     #: Seed of the phantom generator; the same seed gives the same studies and UIDs.
     seed: int = 20261122
+    #: Create one hub login per role (``medimg_hub.demo_users``); passwords in var/secrets/demo-users.json.
+    hub_users: bool = True
 
 
 @dataclass(frozen=True)

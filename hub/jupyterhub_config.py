@@ -1,0 +1,139 @@
+# JupyterHub configuration of the medimg platform (DESIGN.md §1–§3).
+#
+# Started by `medimg up` (medimg_hub.hub_service.JupyterHubServer) as
+#     MEDIMG_CONFIG=<settings file> jupyterhub -f hub/jupyterhub_config.py
+# Every value comes from the ONE settings file ([hub] and [platform] in medimg.toml); helpers live
+# in medimg_hub.hubconf. Topic blocks, in order: network, state and secrets, authentication,
+# roles and groups, profiles and spawner, services, security.
+import importlib.util
+import logging
+import os
+import sys
+from pathlib import Path
+
+from medimg_hub.hubconf import GpuPool, HubState, hub_roles
+from medimg_hub.hubconf.auth import authenticator_config
+from medimg_hub.hubconf.roles import PLATFORM_SERVICE, ROLE_GROUPS
+from medimg_hub.hubconf.state import proxy_command
+from medimg_hub.hubconf.users import secure_state_dir
+from medimg_hub.settings import CONFIG_ENV_VAR, REPO_ROOT, load_settings
+
+c = get_config()  # noqa: F821 - provided by JupyterHub when it loads this file
+log = logging.getLogger("medimg_hub.jupyterhub_config")
+
+settings = load_settings(os.environ.get(CONFIG_ENV_VAR) or None)
+hub = settings.hub
+state = HubState.for_settings(settings)
+LOOPBACK = "127.0.0.1"
+PUBLIC_URL = f"http://{LOOPBACK}:{hub.port}"
+
+# ---------------------------------------------------------------------------------------------
+# Network: the proxy's public port is the one URL people open; everything binds to loopback.
+# configurable-http-proxy runs as a subprocess managed by the hub (its pid file under var/hub).
+# ---------------------------------------------------------------------------------------------
+c.JupyterHub.ip = LOOPBACK
+c.JupyterHub.port = hub.port
+c.JupyterHub.hub_ip = LOOPBACK
+c.JupyterHub.hub_port = hub.api_port
+c.ConfigurableHTTPProxy.should_start = True
+c.ConfigurableHTTPProxy.api_url = f"http://{LOOPBACK}:{hub.proxy_api_port}"
+c.ConfigurableHTTPProxy.command = proxy_command()
+c.ConfigurableHTTPProxy.pid_file = str(state.proxy_pid_file)
+# Users' servers are stopped with the hub (`medimg down` leaves nothing running).
+c.JupyterHub.cleanup_servers = True
+c.JupyterHub.cleanup_proxy = True
+
+# ---------------------------------------------------------------------------------------------
+# State and secrets: var/hub/ (0700): the hub database, cookie secret and proxy token (0600).
+# ---------------------------------------------------------------------------------------------
+c.JupyterHub.db_url = state.db_url
+c.JupyterHub.cookie_secret_file = str(state.cookie_secret())
+c.ConfigurableHTTPProxy.auth_token = state.secret("proxy_auth_token")
+c.JupyterHub.pid_file = str(state.hub_dir / "jupyterhub.pid")
+
+# ---------------------------------------------------------------------------------------------
+# Authentication: [hub] authenticator = "local" (NativeAuthenticator: bcrypt hashes in the hub
+# database, lockout after lockout_attempts failures for lockout_s, sign-ups approved by an admin),
+# "oidc" (GenericOAuthenticator; the IdP's groups claim becomes the hub groups) or "ldap".
+# ---------------------------------------------------------------------------------------------
+authenticator_class, authenticator_traits = authenticator_config(settings)
+c.JupyterHub.authenticator_class = authenticator_class
+auth_section = getattr(c, authenticator_class.rsplit(".", 1)[1])
+for _trait, _value in authenticator_traits.items():
+    setattr(auth_section, _trait, _value)
+c.Authenticator.admin_users = set(hub.admin_users)
+if hub.authenticator == "local":
+    # NativeAuthenticator's own pages (/hub/signup, /hub/authorize, /hub/change-password).
+    c.JupyterHub.template_paths = [
+        str(Path(importlib.util.find_spec("nativeauthenticator").origin).parent / "templates")
+    ]
+
+# ---------------------------------------------------------------------------------------------
+# Roles and groups (medimg_hub.hubconf.roles): role groups engineers, residents, attendings,
+# directors, admins; dataset grants use other groups (site-a, ...). Groups from the identity
+# provider (oidc, ldap) are managed by the authenticator instead.
+# ---------------------------------------------------------------------------------------------
+PLATFORM_API = importlib.util.find_spec("medimg_hub.platform_api") is not None
+c.JupyterHub.load_roles = hub_roles(platform_service=PLATFORM_API)
+if hub.authenticator == "local":
+    dataset_groups = {g for d in settings.datasets for g in (*d.read, *d.write, *d.review, *d.finalise)}
+    c.JupyterHub.load_groups = {name: {} for name in sorted({*ROLE_GROUPS, *dataset_groups})}
+
+# ---------------------------------------------------------------------------------------------
+# Profiles and spawner (medimg_hub.hubconf.profiles / .spawner): the profiles a user's groups
+# allow, enforced for form and REST spawns; engineers get JupyterLab (GPU or CPU), clinicians and
+# directors a Voila-only server. "system-users": one OS account per user (the isolation of
+# DESIGN.md §3); "shared": one account for all, development and tests only.
+# ---------------------------------------------------------------------------------------------
+if hub.spawner == "system-users":
+    c.JupyterHub.spawner_class = "medimg_hub.hubconf.spawner.SystemUserSpawner"
+    secure_state_dir(settings.var_dir, homes_dir=settings.resolve(hub.homes_dir))
+    c.SystemUserSpawner.homes_dir = str(settings.resolve(hub.homes_dir))
+    c.SystemUserSpawner.os_user_prefix = hub.os_user_prefix
+else:
+    log.warning("[hub] spawner = 'shared': every user's server runs as this hub's OS account. "
+                "Development and tests only.")
+    c.JupyterHub.spawner_class = "medimg_hub.hubconf.spawner.SharedSpawner"
+    c.SharedSpawner.homes_dir = str(settings.resolve(hub.homes_dir))
+c.ProfileSpawnerMixin.gpu_pool = GpuPool(hub.gpu_devices)
+c.ProfileSpawnerMixin.user_python = hub.user_python or sys.executable
+c.ProfileSpawnerMixin.dashboards_dir = str(REPO_ROOT / "dashboards")
+c.Spawner.ip = LOOPBACK
+c.Spawner.start_timeout = hub.spawn_timeout_s
+c.Spawner.http_timeout = hub.spawn_timeout_s
+c.Spawner.disable_user_config = True
+c.Spawner.environment = {
+    # Kernels reach images only through the platform's gateway, with their server's hub token.
+    "MEDIMG_DICOMWEB_URL": f"{PUBLIC_URL}/services/{PLATFORM_SERVICE}/dicom-web",
+    "MEDIMG_PLATFORM_URL": f"{PUBLIC_URL}/services/{PLATFORM_SERVICE}",
+    "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "hub")]),
+}
+c.JupyterHub.allow_named_servers = False
+
+# ---------------------------------------------------------------------------------------------
+# Services: the platform API (DICOMweb gateway + tasks API) at /services/platform/, started and
+# stopped by the hub, when its module is installed.
+# ---------------------------------------------------------------------------------------------
+if PLATFORM_API:
+    c.JupyterHub.services = [{
+        "name": PLATFORM_SERVICE,
+        "url": f"http://{LOOPBACK}:{hub.platform_api_port}",
+        "command": [sys.executable, "-m", "medimg_hub.platform_api", "--config", str(state.settings_file)],
+        "environment": {CONFIG_ENV_VAR: str(state.settings_file),
+                        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "hub")])},
+        "oauth_no_confirm": True,
+    }]
+else:
+    log.warning("medimg_hub.platform_api is not installed: no platform service at /services/%s/",
+                PLATFORM_SERVICE)
+
+# ---------------------------------------------------------------------------------------------
+# Security: no embedding in other sites' frames, no user-supplied server config, secure cookies
+# when served over TLS by a reverse proxy in front (set JUPYTERHUB_COOKIE_SECURE there).
+# ---------------------------------------------------------------------------------------------
+c.JupyterHub.tornado_settings = {
+    "headers": {"Content-Security-Policy": "frame-ancestors 'self'", "X-Content-Type-Options": "nosniff"},
+    "cookie_options": {"samesite": "Lax", "secure": os.environ.get("JUPYTERHUB_COOKIE_SECURE") == "1"},
+}
+c.JupyterHub.authenticate_prometheus = True
+c.JupyterHub.reset_db = False

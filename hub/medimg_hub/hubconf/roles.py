@@ -1,0 +1,71 @@
+"""Hub groups that stand for roles, and the JupyterHub RBAC roles given to them.
+
+The role groups are the platform's vocabulary for *who does what* (DESIGN.md §1); dataset
+grants (``[[datasets]]`` in the settings) use other groups such as ``site-a``. Every name lives
+here so that profiles, the gateway and the tests agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ENGINEERS = "engineers"
+RESIDENTS = "residents"
+ATTENDINGS = "attendings"
+DIRECTORS = "directors"
+ADMINS = "admins"
+
+#: Every role group, in the order profiles are offered.
+ROLE_GROUPS: tuple[str, ...] = (ENGINEERS, RESIDENTS, ATTENDINGS, DIRECTORS, ADMINS)
+#: Clinicians review AI results in Voila dashboards.
+CLINICIAN_GROUPS: tuple[str, ...] = (RESIDENTS, ATTENDINGS)
+
+PLATFORM_SERVICE = "platform"
+#: The scope that lets a token reach the platform API (gateway + tasks API).
+PLATFORM_ACCESS = f"access:services!service={PLATFORM_SERVICE}"
+
+#: What every hub user may do: start, stop and use their own server, read their own model.
+#: (Replaces JupyterHub's default ``user`` role, ``self``, which also lets users create tokens.)
+USER_SCOPES: tuple[str, ...] = (
+    "servers!user",
+    "access:servers!user",
+    "read:users!user",
+    "users:activity!user",
+)
+
+
+def hub_roles(*, platform_service: bool) -> list[dict[str, Any]]:
+    """``c.JupyterHub.load_roles`` for the platform.
+
+    Parameters
+    ----------
+    platform_service
+        Whether the ``platform`` service is configured; its scopes are only granted then
+        (JupyterHub refuses roles naming an unknown service).
+
+    Returns
+    -------
+    list of dict
+        Role definitions: the default ``user`` role narrowed to the user's own server, one role
+        per role group, the server token's role, and the platform service's role.
+    """
+    platform = [PLATFORM_ACCESS] if platform_service else []
+    roles: list[dict[str, Any]] = [
+        {"name": "user", "description": "Every user: their own server only.", "scopes": list(USER_SCOPES)},
+        {"name": "engineer", "description": "Engineers: the platform API and API tokens for scripts.",
+         "scopes": ["tokens!user"], "groups": [ENGINEERS]},
+        {"name": "admin", "groups": [ADMINS]},  # JupyterHub's built-in admin role (scopes fixed)
+        # The token a user's server (and kernel) holds: JupyterHub's defaults plus the platform
+        # API. A token never gets more than its owner has, so clinicians' dashboards reach the
+        # platform only through the role below.
+        {"name": "server", "description": "The API token of a user's server.",
+         "scopes": ["users:activity!user", "access:servers!server", *platform]},
+    ]
+    if platform_service:
+        roles += [
+            {"name": "platform-user", "description": "Reach the platform API (worklists, dashboards, DICOMweb).",
+             "scopes": platform, "groups": [ENGINEERS, RESIDENTS, ATTENDINGS, DIRECTORS]},
+            {"name": "platform-service", "description": "The platform API: who is asking, and their groups.",
+             "scopes": ["read:users:name", "read:users:groups", "read:groups:name"], "services": [PLATFORM_SERVICE]},
+        ]
+    return roles

@@ -1,0 +1,172 @@
+"""A real hub (spawner "shared", CHP, NativeAuthenticator) driven like a browser, as each demo role.
+
+One hub for the module (fake GPU pool "0", "1"; lockout after 3 failures). Each test stops the
+servers it started. Spawns go through the form and the REST API.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from .hubproc import Hub, HubBrowser, hub_log_tail, run_in_kernel, running_hub, wait_server
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+LOCKOUT_ATTEMPTS = 3
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    root = tmp_path_factory.mktemp("hub")
+    with running_hub(root, spawner="shared", homes_dir=root / "homes", gpu_devices=("0", "1"),
+                     lockout_attempts=LOCKOUT_ATTEMPTS, lockout_s=600.0, spawn_timeout_s=45) as running:
+        yield running
+
+
+def browser(hub: Hub, name: str) -> HubBrowser:
+    session = HubBrowser(hub)
+    response = session.login(name, hub.passwords[name])
+    assert session.logged_in(response), f"{name} could not log in: {response.url}\n{hub_log_tail(hub)}"
+    return session
+
+
+@pytest.fixture(scope="module")
+def admin_token(hub: Hub) -> str:
+    return browser(hub, "admin").new_token("admin")
+
+
+def api(hub: Hub, token: str, method: str, path: str, **kwargs: object) -> requests.Response:
+    return requests.request(method, f"{hub.url}/hub/api{path}", headers={"Authorization": f"token {token}"},
+                            timeout=60, **kwargs)
+
+
+def stop_server(hub: Hub, token: str, name: str) -> None:
+    api(hub, token, "DELETE", f"/users/{name}/server")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if not api(hub, token, "GET", f"/users/{name}").json().get("servers"):
+            return
+        time.sleep(0.3)
+
+
+def test_every_role_logs_in_and_wrong_passwords_are_refused(hub):
+    for name in hub.passwords:
+        browser(hub, name)
+    stranger = HubBrowser(hub)
+    assert not stranger.logged_in(stranger.login("engineer1", "not-the-password"))
+    assert not stranger.logged_in(stranger.login("nobody", "whatever-password"))
+
+
+def test_engineer_gets_jupyterlab_and_runs_code(hub, admin_token):
+    engineer = browser(hub, "engineer1")
+    form = engineer.get(f"{hub.url}/hub/spawn/engineer1").text
+    assert 'value="engineer-gpu"' in form and 'value="engineer-cpu"' in form and 'value="clinician"' not in form
+    try:
+        landing = engineer.spawn_form("engineer1", "engineer-cpu")
+        assert landing.url.endswith("/user/engineer1/lab"), hub_log_tail(hub)
+        assert "JupyterLab" in landing.text
+        out = run_in_kernel(hub, "engineer1", engineer.new_token("engineer1"),
+                            "import os; print(os.environ['MEDIMG_PROFILE'], repr(os.environ['CUDA_VISIBLE_DEVICES']),"
+                            " os.environ['MEDIMG_DICOMWEB_URL'], 6 * 7)")
+        assert out["error"] == ""
+        assert out["stdout"].split() == ["engineer-cpu", "''", f"{hub.url}/services/platform/dicom-web", "42"]
+    finally:
+        stop_server(hub, admin_token, "engineer1")
+
+
+def test_clinician_gets_only_the_voila_worklist(hub, admin_token):
+    resident = browser(hub, "resident-a")
+    form = resident.get(f"{hub.url}/hub/spawn/resident-a").text
+    assert 'value="clinician"' in form and "engineer" not in form
+    try:
+        landing = resident.spawn_form("resident-a", "clinician")
+        assert landing.status_code == 200 and landing.url.endswith("/user/resident-a/"), hub_log_tail(hub)
+        assert "MEDIMG-WORKLIST" in landing.text and "resident-a" in landing.text
+        base = f"{hub.url}/user/resident-a"
+        for path in ("lab", "lab/tree/worklist.ipynb", "tree", "terminals/websocket/1", "api/terminals",
+                     "api/contents", "api/contents/worklist.ipynb", "api/kernels", "api/sessions",
+                     "voila/render/statistics.ipynb", "files/worklist.ipynb"):
+            response = resident.get(f"{base}/{path}", allow_redirects=False)
+            assert response.status_code in (403, 404), f"{path}: {response.status_code}"
+        xsrf = resident.cookies.get("_xsrf", path="/user/resident-a/") or ""
+        for path in ("api/kernels", "api/terminals", "api/sessions"):
+            response = resident.post(f"{base}/{path}", json={"name": "python3"}, headers={"X-XSRFToken": xsrf},
+                                     allow_redirects=False)
+            assert response.status_code in (403, 404, 405), f"POST {path}: {response.status_code}"
+        # Even an admin's token cannot start a kernel there: the API does not exist.
+        response = requests.post(f"{base}/api/kernels", headers={"Authorization": f"token {admin_token}"}, timeout=30)
+        assert response.status_code in (403, 404, 405)
+    finally:
+        stop_server(hub, admin_token, "resident-a")
+
+
+def test_director_lands_on_statistics(hub, admin_token):
+    director = browser(hub, "director1")
+    try:
+        landing = director.spawn_form("director1", "director")
+        assert "MEDIMG-STATISTICS" in landing.text and "director1" in landing.text, hub_log_tail(hub)
+    finally:
+        stop_server(hub, admin_token, "director1")
+
+
+def test_rest_spawn_of_a_forbidden_profile_is_refused_and_not_reused(hub, admin_token):
+    resident = browser(hub, "resident-c")
+    refused = resident.api("POST", "/users/resident-c/server", json={"profile": "engineer-gpu"})
+    assert refused.status_code in (400, 403, 500), refused.text
+    assert "not allowed for your groups" in refused.text
+    assert not api(hub, admin_token, "GET", "/users/resident-c").json().get("servers")
+    # The admin may start anyone's server, but not a profile the owner's groups do not allow.
+    assert "not allowed" in api(hub, admin_token, "POST", "/users/resident-c/server",
+                                json={"profile": "engineer-cpu"}).text
+    try:
+        # No options: the refused request's options are not reused; the clinician profile starts.
+        started = resident.api("POST", "/users/resident-c/server")
+        assert started.status_code in (201, 202), started.text
+        model = wait_server(hub, admin_token, "resident-c")
+        assert model["servers"][""]["user_options"] in ({}, None) or \
+            model["servers"][""]["user_options"].get("profile") in (None, "", "clinician")
+        assert "MEDIMG-WORKLIST" in resident.get(f"{hub.url}/user/resident-c/").text
+    finally:
+        stop_server(hub, admin_token, "resident-c")
+
+
+def test_gpu_pool_is_shared_exhausted_and_released(hub, admin_token):
+    extra = ["engineer2", "engineer3"]
+    assert api(hub, admin_token, "POST", "/users", json={"usernames": extra}).status_code in (201, 409)
+    api(hub, admin_token, "POST", "/groups/engineers/users", json={"users": extra}).raise_for_status()
+    names = ["engineer1", *extra]
+    try:
+        for name in names[:2]:
+            assert api(hub, admin_token, "POST", f"/users/{name}/server",
+                       json={"profile": "engineer-gpu"}).status_code in (201, 202)
+            assert wait_server(hub, admin_token, name)["servers"][""]["ready"]
+        devices = {run_in_kernel(hub, name, admin_token,
+                                 "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])")["stdout"].strip()
+                   for name in names[:2]}
+        assert devices == {"0", "1"}
+        exhausted = api(hub, admin_token, "POST", "/users/engineer3/server", json={"profile": "engineer-gpu"})
+        assert exhausted.status_code >= 400 and "all 2 GPU(s)" in exhausted.text, exhausted.text
+        stop_server(hub, admin_token, "engineer1")
+        assert api(hub, admin_token, "POST", "/users/engineer3/server",
+                   json={"profile": "engineer-gpu"}).status_code in (201, 202)
+        assert wait_server(hub, admin_token, "engineer3")["servers"][""]["ready"]
+    finally:
+        for name in names:
+            stop_server(hub, admin_token, name)
+
+
+def test_repeated_wrong_passwords_lock_the_account(hub):
+    attacker = HubBrowser(hub)
+    for _ in range(LOCKOUT_ATTEMPTS):
+        assert not attacker.logged_in(attacker.login("attending-a", "wrong-password-123"))
+    response = attacker.login("attending-a", hub.passwords["attending-a"])
+    assert not attacker.logged_in(response), "the right password must not open a locked account"
+    assert "locked" in response.text
+    # Other accounts are unaffected.
+    other = HubBrowser(hub)
+    assert other.logged_in(other.login("director1", hub.passwords["director1"]))
