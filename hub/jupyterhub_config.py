@@ -96,7 +96,11 @@ else:
     c.JupyterHub.spawner_class = "medimg_hub.hubconf.spawner.SharedSpawner"
     c.SharedSpawner.homes_dir = str(settings.resolve(hub.homes_dir))
 c.ProfileSpawnerMixin.gpu_pool = GpuPool(hub.gpu_devices)
-c.ProfileSpawnerMixin.user_python = hub.user_python or sys.executable
+# Users' servers need an interpreter their OS accounts can execute: scripts/bootstrap.sh builds
+# .venv-users (Debian's python3.11 over the project's packages) when .venv's Python is not.
+USERS_VENV_PYTHON = REPO_ROOT / ".venv-users" / "bin" / "python"
+c.ProfileSpawnerMixin.user_python = hub.user_python or (
+    str(USERS_VENV_PYTHON) if USERS_VENV_PYTHON.exists() else sys.executable)
 c.ProfileSpawnerMixin.dashboards_dir = str(REPO_ROOT / "dashboards")
 c.Spawner.ip = LOOPBACK
 c.Spawner.start_timeout = hub.spawn_timeout_s

@@ -16,7 +16,7 @@ say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 
 # --- Debian packages -----------------------------------------------------------------------
-APT_PACKAGES=(orthanc orthanc-dicomweb dcmtk dicom3tools redis-server postgresql)
+APT_PACKAGES=(orthanc orthanc-dicomweb dcmtk dicom3tools redis-server postgresql python3.11)
 command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -69,6 +69,20 @@ PYEOF
     say "error: CUDA packages were pulled into .venv; remove .venv and set TORCH_INDEX_URL"; exit 1
   fi
   echo "$want" > "$stamp"
+fi
+
+# --- an interpreter users' OS accounts can run ----------------------------------------------
+# Users' servers run as their own OS accounts (medimg-<user>). When .venv's Python lives where they
+# cannot execute it (e.g. under /root), .venv-users is Debian's python3.11 over .venv's packages.
+site_dir=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+if [ ! -x .venv-users/bin/python ] && [ -x /usr/bin/python3.11 ] && \
+   ! runuser -u nobody -- "$(readlink -f .venv/bin/python)" -c pass 2>/dev/null; then
+  say "creating .venv-users (Debian python3.11 over .venv's packages) for users' servers"
+  /usr/bin/python3.11 -m venv --without-pip .venv-users
+  echo "import site; site.addsitedir('$site_dir')" > .venv-users/lib/python3.11/site-packages/medimg-project.pth
+  mkdir -p .venv-users/share .venv-users/etc  # Jupyter's data (Voila templates, Lab assets) and config (server extensions)
+  ln -sfn "$(pwd)/.venv/share/jupyter" .venv-users/share/jupyter
+  ln -sfn "$(pwd)/.venv/etc/jupyter" .venv-users/etc/jupyter
 fi
 
 # --- configurable-http-proxy (JupyterHub's proxy) ------------------------------------------

@@ -31,6 +31,7 @@ DESCRIPTIONS = {
     "broker": "Task queue broker (Redis)",
     "mlflow": "MLflow tracking server + model registry",
     "dispatcher": "Task dispatcher + reconciler",
+    "hub": "JupyterHub (log in here; platform API at /services/platform/)",
 }
 
 
@@ -62,9 +63,14 @@ def up(settings: Settings, demo: bool) -> None:
     """Start the platform's services and load the demo data (idempotent)."""
     from .tasks.migrations import upgrade
 
+    logins: dict[str, str] = {}
     for service in platform_services(settings):
         if service.name == "dispatcher":
             upgrade(settings.database_url)  # the queue's processes need the newest schema
+        if service.name == "hub" and demo and settings.demo.hub_users:
+            from .demo_users import ensure_demo_users
+
+            logins = ensure_demo_users(settings)  # before the hub starts: it writes the hub database
         started = service.start()
         click.echo(f"{_describe(service.name)} {'started' if started else 'already running'} at {service.process.url}")
         if isinstance(service, OrthancServer):
@@ -72,6 +78,17 @@ def up(settings: Settings, demo: bool) -> None:
             pacs = service
     if demo:
         _load_demo(settings, pacs)
+        _print_logins(settings, logins)
+
+
+def _print_logins(settings: Settings, created: dict[str, str]) -> None:
+    from .demo_users import DEMO_USERS, passwords_file
+
+    click.echo(f"Log in at http://127.0.0.1:{settings.hub.port}/ — demo logins per role:")
+    for user in DEMO_USERS:
+        shown = created.get(user.name, "(set earlier; see the file below)")
+        click.echo(f"  {user.name:<12} {shown:<34} groups: {', '.join(user.groups)}")
+    click.echo(f"  passwords are printed once; they stay in {passwords_file(settings)} (mode 0600)")
 
 
 def _load_demo(settings: Settings, pacs: OrthancServer) -> None:
@@ -88,9 +105,15 @@ def _load_demo(settings: Settings, pacs: OrthancServer) -> None:
             out_dir, n_sites=cfg.n_sites, studies_per_site=cfg.studies_per_site, seed=cfg.seed,
             progress=lambda n=1: bar.update(n),
         )
+    from .platform_api.datasets import ingest_assigner, sync_datasets
+    from .tasks.models import make_engine
+
+    engine = make_engine(settings.database_url)
+    sync_datasets(engine, settings.datasets)  # the demo sites are datasets granted to demo groups
     files = [out_dir / f for study in manifest.studies for f in study.files]
     with tqdm(total=len(files), desc="loading into the PACS", unit="instance", file=sys.stderr) as bar:
-        report = ingest_files(pacs.client(), files, progress=bar.update)
+        report = ingest_files(pacs.client(), files, progress=bar.update, assign=ingest_assigner(engine))
+    engine.dispose()
     click.echo(
         f"Demo sites loaded: {len(manifest.sites)} sites, {len(manifest.studies)} studies "
         f"({report.instances_stored} instances stored now, {len(report.skipped)} studies already present)"

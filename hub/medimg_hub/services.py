@@ -61,6 +61,13 @@ def queue_services(settings: Settings) -> list[CommandService]:
     return [CommandService(settings, "dispatcher", ["dispatcher"]), *workers]
 
 
-def platform_services(settings: Settings) -> list[Service]:
-    """Every service ``medimg up`` starts, dependencies first."""
-    return [OrthancServer(settings), RedisBroker(settings), MlflowServer(settings), *queue_services(settings)]
+def platform_services(settings: Settings, *, hub: bool = True) -> list[Service]:
+    """Every service ``medimg up`` starts, dependencies first; the hub (which runs the platform
+    API as its managed service) last. ``hub=False`` leaves it out (pipelines without logins)."""
+    services: list[Service] = [OrthancServer(settings), RedisBroker(settings), MlflowServer(settings),
+                               *queue_services(settings)]
+    if hub:
+        from .hub_service import JupyterHubServer
+
+        services.append(JupyterHubServer(settings))
+    return services

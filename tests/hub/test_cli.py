@@ -11,8 +11,8 @@ import pytest
 from medimg_hub.process import free_port
 
 SUBCOMMANDS = ["up", "down", "status", "config", "pipelines", "tasks", "worker", "dispatcher", "migrate"]
-#: PACS, broker, MLflow, dispatcher, one worker.
-SERVICES = 5
+#: PACS, broker, MLflow, dispatcher, one worker, the hub.
+SERVICES = 6
 
 
 def _medimg(*args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -38,6 +38,8 @@ def test_up_status_down_without_demo(tmp_path):
     config.write_text(
         f'[platform]\nvar_dir = "var"\n[pacs]\nhttp_port = {free_port()}\n'
         f'[queue]\nredis_port = {free_port()}\nworker_groups = ["default"]\n'
+        f'[hub]\nport = {free_port()}\napi_port = {free_port()}\nproxy_api_port = {free_port()}\n'
+        f'platform_api_port = {free_port()}\nspawner = "shared"\n'
         f'[mlflow]\nport = {free_port()}\nbackend_store_uri = "sqlite:///{tmp_path}/mlflow.db"\n'
         f'artifacts_dir = "{tmp_path}/artifacts"\n'
     )
@@ -45,7 +47,7 @@ def test_up_status_down_without_demo(tmp_path):
         up = _medimg("up", "--no-demo", config=config)
         assert up.returncode == 0, up.stderr
         for what in ("PACS (Orthanc + DICOMweb) started", "Redis) started", "model registry started",
-                     "dispatcher + reconciler started", "Worker for group 'default' started"):
+                     "dispatcher + reconciler started", "Worker for group 'default' started", "JupyterHub (log in here"):
             assert what in up.stdout, up.stdout
         again = _medimg("up", "--no-demo", config=config)
         assert again.stdout.count("already running") == SERVICES, again.stdout

@@ -53,7 +53,7 @@ def test_kernel_cannot_read_secrets_databases_or_other_homes():
     homes.mkdir(mode=0o755)
     var = root / "var"
     (var / "secrets").mkdir(parents=True)
-    (var / "secrets" / "orthanc.json").write_text('{"password": "hub-side only"}')
+    (var / "secrets" / "orthanc.json").write_text('{"username": "medimg-platform", "password": "hub-side only"}')
     os.chmod(var / "secrets" / "orthanc.json", 0o600)
     sqlite3.connect(var / "platform.db").close()
     os.chmod(var / "platform.db", 0o644)  # even a world-readable file under var/ stays closed
