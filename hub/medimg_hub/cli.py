@@ -20,6 +20,7 @@ from medimg_kernel.errors import MedImgError
 
 from . import cli_tasks
 from .orthanc import OrthancServer
+from .process import ServiceError
 from .services import platform_services
 from .settings import CONFIG_ENV_VAR, Settings, load_settings
 
@@ -160,9 +161,16 @@ def _run_demo_pipeline(settings: Settings, manifest: Any) -> None:
 @click.pass_obj
 def down(settings: Settings) -> None:
     """Stop the platform's services. Stored data stays under var/ and mlruns/."""
+    failures = []
     for service in reversed(platform_services(settings)):
-        stopped = service.stop()
+        try:
+            stopped = service.stop()
+        except Exception as exc:  # noqa: BLE001 - stop the others anyway, then report
+            failures.append(f"{service.name}: {exc}")
+            continue
         click.echo(f"{_describe(service.name)} {'stopped' if stopped else 'was not running'}")
+    if failures:
+        raise ServiceError("some services did not stop: " + "; ".join(failures))
 
 
 @cli.command()

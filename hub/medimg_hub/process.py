@@ -143,27 +143,30 @@ class ManagedProcess:
         raise ServiceError(f"{self.name} did not answer within {timeout_s:.0f} s; see {self.log_file}")
 
     def stop(self, timeout_s: float = 15.0) -> bool:
-        """Stop the service (SIGTERM, then SIGKILL after ``timeout_s``); True if it was running."""
+        """Stop the service and its children (SIGTERM to its process group, SIGKILL after
+        ``timeout_s``); True if it was running."""
         pid = self.pid()
         if pid is None:
             return False
-        _signal(pid, signal.SIGTERM)
+        _signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.05)
         if _alive(pid):
             log.warning("%s (pid %d) ignored SIGTERM for %.0f s; killing it", self.name, pid, timeout_s)
-            _signal(pid, signal.SIGKILL)
+            _signal_group(pid, signal.SIGKILL)
             while _alive(pid):
                 time.sleep(0.05)
+        _signal_group(pid, signal.SIGKILL)  # children that outlived their parent (e.g. uvicorn under mlflow)
         self.pid_file.unlink(missing_ok=True)
         return True
 
 
-def _signal(pid: int, sig: int) -> None:
+def _signal_group(pid: int, sig: int) -> None:
+    """Signal the process group ``pid`` leads (each service runs in its own session)."""
     try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
         pass
 
 

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import subprocess
+import sysconfig
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from medimg_hub.hub_service import JupyterHubServer
 from medimg_hub.process import free_port
 from medimg_hub.settings import HubSettings, PlatformSettings, Settings, dump_settings, load_settings
 
-VENV_SITE = Path("/work/main/.venv/lib/python3.11/site-packages")
+VENV_SITE = Path(sysconfig.get_paths()["purelib"])  # the site-packages of the interpreter running the tests
 
 
 @dataclass
