@@ -180,7 +180,7 @@ class DatasetSettings:
 
     name: str = ""
     description: str = ""
-    #: InstitutionName of the studies that belong here (the demo sites: SITEA, SITEB, SITEC).
+    #: InstitutionName of the studies that belong here (exact match).
     institution: str = ""
     #: Hub groups granted each right.
     read: tuple[str, ...] = ()
@@ -191,11 +191,11 @@ class DatasetSettings:
 
 #: The demo's datasets: one per demo site (see medimg.toml).
 DEFAULT_DATASETS = (
-    DatasetSettings("site-a", "Demo site A (synthetic)", "SITEA", read=("engineers", "site-a"), write=("engineers",),
+    DatasetSettings("site-a", "Demo site A (synthetic)", "Northfield General Hospital (synthetic)", read=("engineers", "site-a"), write=("engineers",),
                     review=("site-a",), finalise=("site-a-attendings",)),
-    DatasetSettings("site-b", "Demo site B (synthetic)", "SITEB", read=("engineers", "site-b"), write=("engineers",),
+    DatasetSettings("site-b", "Demo site B (synthetic)", "Lakeside University Clinic (synthetic)", read=("engineers", "site-b"), write=("engineers",),
                     review=("site-b",), finalise=("site-b-attendings",)),
-    DatasetSettings("site-c", "Demo site C (synthetic)", "SITEC", read=("site-c",), write=(),
+    DatasetSettings("site-c", "Demo site C (synthetic)", "Harbour District Hospital (synthetic)", read=("site-c",), write=(),
                     review=("site-c",), finalise=("site-c-attendings",)),
 )
 

@@ -25,6 +25,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 
 from ..models import make_engine, normalise_url
 
@@ -68,6 +69,9 @@ def upgrade(url: str, revision: str = "head") -> None:
     revision
         Target revision.
     """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)  # a fresh var/ has no folder yet
     engine = make_engine(url)
     try:
         with engine.begin() as connection:
