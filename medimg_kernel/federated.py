@@ -173,7 +173,7 @@ def local_train(network: torch.nn.Module, data: SiteData, config: SegmentationMo
     Returns
     -------
     dict
-        ``num-examples`` (training series), ``train-loss`` (last epoch), ``train-time-s``.
+        ``num-examples`` (training series), ``loss`` (last epoch's mean), ``time-s``.
     """
     data.require_train()
     previous = torch.get_num_threads()
@@ -185,8 +185,8 @@ def local_train(network: torch.nn.Module, data: SiteData, config: SegmentationMo
                                device="cpu", seed=seed, proximal_mu=proximal_mu)
     finally:
         torch.set_num_threads(previous)
-    return {"num-examples": float(len(data.train)), "train-loss": history[-1]["loss"],
-            "train-time-s": time.perf_counter() - start}
+    return {"num-examples": float(len(data.train)), "loss": history[-1]["loss"],
+            "time-s": time.perf_counter() - start}
 
 
 def local_evaluate(network: torch.nn.Module, data: SiteData, config: SegmentationModelConfig) -> dict[str, float]:
@@ -196,7 +196,7 @@ def local_evaluate(network: torch.nn.Module, data: SiteData, config: Segmentatio
     -------
     dict
         ``num-examples``, ``dice`` (mean over organs), ``dice-<organ>``, ``holdout-is-train`` (0/1),
-        ``eval-time-s``.
+        ``time-s``.
     """
     pairs: Sequence[TrainingPair] = data.holdout or data.train
     if not pairs:
@@ -205,7 +205,7 @@ def local_evaluate(network: torch.nn.Module, data: SiteData, config: Segmentatio
     scores = validate(network, pairs, config, torch.device("cpu"))
     return {"num-examples": float(len(pairs)), "dice": float(np.mean(list(scores.values()))),
             **{f"dice-{name}": value for name, value in scores.items()},
-            "holdout-is-train": float(not data.holdout), "eval-time-s": time.perf_counter() - start}
+            "holdout-is-train": float(not data.holdout), "time-s": time.perf_counter() - start}
 
 
 __all__ = ["ArchitectureMismatchError", "NoTrainingDataError", "SiteConfig", "SiteData", "load_site_data",

@@ -23,6 +23,7 @@ and keep Control on the coordinator's loopback. On one machine everything is loo
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -179,6 +180,23 @@ class Federation:
         for node in self.sites:
             self.nodes[node.site].start(timeout_s)
 
+    def online_nodes(self) -> list[int]:
+        """Ids of the SuperNodes the SuperLink lists as online (``flwr supernode ls``)."""
+        listed = json.loads(self._flwr(["supernode", "ls", CONNECTION, "--format", "json"], timeout_s=60).stdout)
+        return [int(n["node-id"]) for n in listed.get("nodes", []) if n.get("status") == "online"]
+
+    def wait_online(self, count: int, timeout_s: float = 60.0) -> list[int]:
+        """Wait until at least ``count`` SuperNodes are online; their ids."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            online = self.online_nodes()
+            if len(online) >= count:
+                return online
+            if time.monotonic() > deadline:
+                raise FederationError(f"{len(online)} of {count} SuperNodes online after {timeout_s:.0f} s; "
+                                      f"see the supernode-*.log files under {Path(self.var_dir) / 'log'}")
+            time.sleep(1.0)
+
     def register(self, public_key: Path) -> None:
         """Register a SuperNode public key with the SuperLink (over the Control API)."""
         self._flwr(["supernode", "register", str(public_key), CONNECTION], timeout_s=60)
@@ -231,7 +249,6 @@ def toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
-    import json
     return json.dumps(str(value))
 
 
