@@ -18,7 +18,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, 
 from medimg_kernel.errors import ConfigurationError
 from medimg_kernel.federated import (
     ArchitectureMismatchError, NoTrainingDataError, SiteConfig, load_site_data, local_evaluate, local_train,
-    network_from_arrays, state_arrays,
+    network_from_arrays, round_learning_rate, state_arrays,
 )
 from medimg_kernel.federated_tracking import FederatedTracker
 from medimg_kernel.model import SegmentationModelConfig, build_network
@@ -141,7 +141,8 @@ def handle_message(message: Message, context: Context, *, train: bool) -> Messag
             mu = float(message.content.config_records["config"].get("proximal-mu", 0.0)) \
                 if "config" in message.content.config_records else 0.0
             metrics = local_train(network, data, config, epochs=settings.local_epochs,
-                                  batch_size=settings.batch_size, lr=settings.lr,
+                                  batch_size=settings.batch_size,
+                                  lr=round_learning_rate(settings.lr, server_round, settings.num_server_rounds),
                                   seed=settings.seed + 1000 * server_round + context.node_id % 997,
                                   proximal_mu=mu, num_threads=settings.num_threads)
             return _reply(message, site.site, metrics, to_record(state_arrays(network)))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -58,23 +59,37 @@ class SiteConfig:
         ``dicomweb_url``; ``""``: no auth. Passwords never go on a command line.
     folder
         A local folder of DICOM files instead of a PACS.
+    qido_filter
+        ``"KEY=VALUE[,KEY=VALUE]"``: only studies with a series matching this QIDO-RS query
+        (e.g. ``InstitutionName=...`` when several sites share one PACS, as the one-machine demo
+        does); ``""``: every study the client sees.
     """
 
     site: str
     dicomweb_url: str = ""
     credentials_file: str = ""
     folder: str = ""
+    qido_filter: str = ""
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, object]) -> SiteConfig:
         """Read ``site``, ``dicomweb-url``, ``credentials-file``, ``folder`` (Flower node config keys)."""
         found = cls(str(node_config.get("site", "")), str(node_config.get("dicomweb-url", "")),
-                    str(node_config.get("credentials-file", "")), str(node_config.get("folder", "")))
+                    str(node_config.get("credentials-file", "")), str(node_config.get("folder", "")),
+                    str(node_config.get("qido-filter", "")))
         if not found.site or bool(found.dicomweb_url) == bool(found.folder):
             raise ConfigurationError(
                 "node config needs site=NAME and exactly one of dicomweb-url=URL or folder=PATH; got "
                 f"site={found.site!r}, dicomweb-url={found.dicomweb_url!r}, folder={found.folder!r}")
         return found
+
+    def study_instance_uids(self, client: DICOMwebProtocol) -> list[str] | None:
+        """The site's studies under ``qido_filter`` (``None``: no filter, every study)."""
+        if not self.qido_filter:
+            return None
+        filters = dict(part.split("=", 1) for part in self.qido_filter.split(",") if "=" in part)
+        found = client.search_for_series(search_filters=filters)
+        return list(dict.fromkeys(str(s["0020000D"]["Value"][0]) for s in found if "0020000D" in s))
 
     def open_client(self) -> DICOMwebProtocol:
         """A DICOMweb client on the site's own PACS or folder."""
@@ -117,7 +132,9 @@ def load_site_data(site: SiteConfig, config: SegmentationModelConfig, *, type_id
     key = (site, type_id, config.label_names, holdout_fraction)
     if key in _CACHE:
         return _CACHE[key]
-    data = load_training_pairs(site.open_client(), type_id=type_id, label_names=config.label_names)
+    client = site.open_client()
+    data = load_training_pairs(client, site.study_instance_uids(client), type_id=type_id,
+                               label_names=config.label_names)
     train, held = split_holdout(list(data.pairs), holdout_fraction)
     skipped = tuple(f"{s.study_instance_uid}: {s.reason}" for s in data.skipped)
     found = SiteData(site.site, tuple(train), tuple(held), skipped)
@@ -165,10 +182,17 @@ def network_from_arrays(config: SegmentationModelConfig, arrays: Mapping[str, np
 # --- local work -----------------------------------------------------------------------------------
 
 
+def round_learning_rate(lr: float, server_round: int, num_rounds: int) -> float:
+    """Cosine schedule over rounds: ``lr`` in round 1, decaying towards 0 by the last round."""
+    if num_rounds <= 1 or server_round < 1:
+        return lr
+    return lr * 0.5 * (1.0 + math.cos(math.pi * (server_round - 1) / num_rounds))
+
+
 def local_train(network: torch.nn.Module, data: SiteData, config: SegmentationModelConfig, *, epochs: int,
                 batch_size: int = 2, lr: float = 3e-3, seed: int = 0, proximal_mu: float = 0.0,
                 num_threads: int | None = None) -> dict[str, float]:
-    """Train ``network`` in place on the site's training pairs; returns the reply's metrics.
+    """Train ``network`` in place on the site's training pairs at a constant ``lr``; the reply's metrics.
 
     Returns
     -------
@@ -182,7 +206,7 @@ def local_train(network: torch.nn.Module, data: SiteData, config: SegmentationMo
     start = time.perf_counter()
     try:
         history = train_epochs(network, data.train, config, epochs=epochs, batch_size=batch_size, lr=lr,
-                               device="cpu", seed=seed, proximal_mu=proximal_mu)
+                               device="cpu", seed=seed, proximal_mu=proximal_mu, constant_lr=True)
     finally:
         torch.set_num_threads(previous)
     return {"num-examples": float(len(data.train)), "loss": history[-1]["loss"],
@@ -209,4 +233,4 @@ def local_evaluate(network: torch.nn.Module, data: SiteData, config: Segmentatio
 
 
 __all__ = ["ArchitectureMismatchError", "NoTrainingDataError", "SiteConfig", "SiteData", "load_site_data",
-           "state_arrays", "load_state_arrays", "network_from_arrays", "local_train", "local_evaluate"]
+           "state_arrays", "load_state_arrays", "network_from_arrays", "round_learning_rate", "local_train", "local_evaluate"]

@@ -144,4 +144,27 @@ class FederatedTracker:
             self._client.set_terminated(self.run_id, status)
 
 
-__all__ = ["FederatedTracker", "metric_name"]
+def latest_federated_run(tracking_uri: str, experiment: str = "organ-segmentation-federated") -> str:
+    """The id of the newest federated run of ``experiment``."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id], "tags.`medimg.kind` = 'federated'",
+                              order_by=["attributes.start_time DESC"], max_results=1) if found else []
+    if not runs:
+        raise LookupError(f"no federated run in experiment {experiment!r} of {tracking_uri}")
+    return runs[0].info.run_id
+
+
+def round_history(tracking_uri: str, run_id: str, prefixes: tuple[str, ...] = ("train_", "eval_")
+                  ) -> dict[str, dict[int, float]]:
+    """Per-round metrics of a federated run: ``{metric: {round: value}}``.
+
+    ``prefixes`` selects aggregated metrics (``train_``, ``eval_``); pass site names
+    (e.g. ``("SITEA_eval_",)``) for one site's curves.
+    """
+    client = MlflowClient(tracking_uri=tracking_uri)
+    keys = [k for k in client.get_run(run_id).data.metrics if k.startswith(prefixes)]
+    return {key: {m.step: m.value for m in client.get_metric_history(run_id, key)} for key in sorted(keys)}
+
+
+__all__ = ["FederatedTracker", "metric_name", "latest_federated_run", "round_history"]

@@ -174,7 +174,7 @@ def _train_epochs(network: torch.nn.Module, train_items: list[dict[str, np.ndarr
                   val_items: list[dict[str, np.ndarray]], config: SegmentationModelConfig, *, epochs: int,
                   batch_size: int, lr: float, device: torch.device, progress: ProgressCallback | None,
                   on_epoch: EpochCallback | None = None, seed: int | None = None,
-                  proximal_mu: float = 0.0) -> list[dict[str, float]]:
+                  proximal_mu: float = 0.0, constant_lr: bool = False) -> list[dict[str, float]]:
     """The optimisation loop; one epoch draws one batch of patches from every training volume.
 
     ``proximal_mu > 0`` adds FedProx's term ``mu / 2 * ||w - w0||²`` (``w0``: the weights at entry).
@@ -184,7 +184,8 @@ def _train_epochs(network: torch.nn.Module, train_items: list[dict[str, np.ndarr
     sampler.set_random_state(seed=seed)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     optimiser = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-5)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, epochs * len(train_items)))
+    scheduler = (torch.optim.lr_scheduler.ConstantLR(optimiser, factor=1.0) if constant_lr else
+                 torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, epochs * len(train_items))))
     order_rng = np.random.default_rng(seed)
     anchor = [p.detach().clone() for p in network.parameters()] if proximal_mu > 0 else []
     history = []
@@ -225,6 +226,7 @@ def train_epochs(
     device: str | torch.device | None = None,
     seed: int | None = None,
     proximal_mu: float = 0.0,
+    constant_lr: bool = False,
     on_epoch: EpochCallback | None = None,
 ) -> list[dict[str, float]]:
     """Train ``network`` in place on ``pairs`` for ``epochs`` epochs; no MLflow, no validation.
@@ -244,6 +246,9 @@ def train_epochs(
         Seed of patch sampling and volume order (default ``config.seed``); vary it per round.
     proximal_mu
         FedProx proximal coefficient; 0 is plain training.
+    constant_lr
+        Keep ``lr`` for all steps instead of the cosine schedule (a federated site gets its
+        round's learning rate from a schedule over rounds).
     on_epoch
         ``on_epoch(epoch, {"loss": ...})`` after each epoch.
 
@@ -259,7 +264,7 @@ def train_epochs(
     network.to(device)
     return _train_epochs(network, _model_grid_items(pairs, config), [], config, epochs=epochs,
                          batch_size=batch_size, lr=lr, device=device, progress=None, on_epoch=on_epoch,
-                         seed=seed, proximal_mu=proximal_mu)
+                         seed=seed, proximal_mu=proximal_mu, constant_lr=constant_lr)
 
 
 # --- MLflow model -------------------------------------------------------------------------------

@@ -114,6 +114,11 @@ def default_run_config(app_dir: Path = APP_DIR) -> dict[str, Any]:
     return dict(raw["tool"]["flwr"]["app"]["config"])
 
 
+def folder_sites(folder: Path) -> list[dict[str, str]]:
+    """Node configs for a folder holding one subfolder of DICOM files per site (as the demo writes)."""
+    return [{"site": p.name, "folder": str(p)} for p in sorted(Path(folder).iterdir()) if p.is_dir()]
+
+
 def simulate(sites: Sequence[Mapping[str, str]], run_config: Mapping[str, Any], *,
              app_dir: Path = APP_DIR) -> None:
     """Run the federated app on ``sites`` (node configs) in this process.
@@ -135,4 +140,5 @@ def simulate(sites: Sequence[Mapping[str, str]], run_config: Mapping[str, Any], 
     server_app(grid, context)
 
 
-__all__ = ["APP_DIR", "SimulatedSite", "InProcessGrid", "load_app", "default_run_config", "simulate"]
+__all__ = ["APP_DIR", "SimulatedSite", "InProcessGrid", "load_app", "default_run_config", "folder_sites",
+           "simulate"]
