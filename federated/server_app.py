@@ -18,7 +18,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from task import FederatedTracker, RunSettings, from_record, initial_arrays, split_replies
+from task import ConfigurationError, FederatedTracker, RunSettings, from_record, initial_arrays, split_replies
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,9 @@ def build_strategy(settings: RunSettings, tracker: FederatedTracker) -> Strategy
 
 def run_federation(grid: Grid, settings: RunSettings) -> None:
     """The whole run: parent MLflow run, ``num-server-rounds`` rounds, checkpoints, registration."""
+    if not settings.tracking_uri:
+        raise ConfigurationError("run config tracking-uri is empty: give the MLflow server's URL or "
+                                 "sqlite:///path/to/mlflow.db (medimg fl run sets it from the platform settings)")
     tracker = FederatedTracker(settings.tracking_uri, settings.experiment, settings.run_name or None)
     tracker.start({k.replace("_", "-"): v for k, v in vars(settings).items()})
     strategy = build_strategy(settings, tracker)

@@ -135,18 +135,15 @@ def handle_message(message: Message, context: Context, *, train: bool) -> Messag
     """
     try:
         settings, site, config, network, data = _site_work(message, context)
-        server_round = int(message.content.config_records["config"].get("server-round", 0)) \
-            if "config" in message.content.config_records else 0
-        if train:
-            mu = float(message.content.config_records["config"].get("proximal-mu", 0.0)) \
-                if "config" in message.content.config_records else 0.0
-            metrics = local_train(network, data, config, epochs=settings.local_epochs,
-                                  batch_size=settings.batch_size,
-                                  lr=round_learning_rate(settings.lr, server_round, settings.num_server_rounds),
-                                  seed=settings.seed + 1000 * server_round + context.node_id % 997,
-                                  proximal_mu=mu, num_threads=settings.num_threads)
-            return _reply(message, site.site, metrics, to_record(state_arrays(network)))
-        return _reply(message, site.site, local_evaluate(network, data, config), None)
+        sent = message.content.config_records.get("config", ConfigRecord())
+        server_round = int(sent.get("server-round", 0))
+        if not train:
+            return _reply(message, site.site, local_evaluate(network, data, config), None)
+        metrics = local_train(network, data, config, epochs=settings.local_epochs, batch_size=settings.batch_size,
+                              lr=round_learning_rate(settings.lr, server_round, settings.num_server_rounds),
+                              seed=settings.seed + 1000 * server_round + context.node_id % 997,
+                              proximal_mu=float(sent.get("proximal-mu", 0.0)), num_threads=settings.num_threads)
+        return _reply(message, site.site, metrics, to_record(state_arrays(network)))
     except NoTrainingDataError as exc:
         return _refusal(message, NO_TRAINING_DATA, str(exc))
     except ArchitectureMismatchError as exc:
@@ -196,5 +193,5 @@ def _site_in(reason: str) -> str:
     return ""
 
 
-__all__ = ["FederatedTracker", "RunSettings", "to_record", "from_record", "initial_arrays", "handle_message", "split_replies",
+__all__ = ["ConfigurationError", "FederatedTracker", "RunSettings", "to_record", "from_record", "initial_arrays", "handle_message", "split_replies",
            "NO_TRAINING_DATA", "ARCHITECTURE_MISMATCH", "CONFIGURATION", "TINY_MODEL"]

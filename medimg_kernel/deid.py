@@ -83,7 +83,7 @@ DESCRIPTORS = ("StudyDescription", "SeriesDescription", "ProtocolName", "Derivat
 
 #: UIDs that name a class, syntax or scheme, never an instance: kept.
 _KEEP_UIDS = {"SOPClassUID", "ReferencedSOPClassUID", "MediaStorageSOPClassUID", "TransferSyntaxUID",
-              "ImplementationClassUID", "CodingSchemeUID", "ContextUID", "MappingResource UID",
+              "ImplementationClassUID", "CodingSchemeUID", "ContextUID", "MappingResourceUID",
               "ReferencedSOPClassUIDInFile", "PrivateInformationCreatorUID", "SOPClassesInStudy",
               "RelatedGeneralSOPClassUID", "OriginalSpecializedSOPClassUID", "CodingSchemeUIDs"}
 

@@ -31,7 +31,7 @@ from .datasets import TrainingPair, load_training_pairs, split_holdout
 from .dicomweb import DICOMwebProtocol
 from .errors import ConfigurationError, MedImgError
 from .model import SegmentationModelConfig, build_network
-from .training import train_epochs, validate
+from .training import model_grid_items, train_epochs, validate
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +182,10 @@ def network_from_arrays(config: SegmentationModelConfig, arrays: Mapping[str, np
 # --- local work -----------------------------------------------------------------------------------
 
 
+#: Model-grid training items by (SiteData id, config): SiteData objects live in ``_CACHE``.
+_ITEMS: dict[tuple[int, str], list[dict[str, np.ndarray]]] = {}
+
+
 def round_learning_rate(lr: float, server_round: int, num_rounds: int) -> float:
     """Cosine schedule over rounds: ``lr`` in round 1, decaying towards 0 by the last round."""
     if num_rounds <= 1 or server_round < 1:
@@ -200,13 +204,17 @@ def local_train(network: torch.nn.Module, data: SiteData, config: SegmentationMo
         ``num-examples`` (training series), ``loss`` (last epoch's mean), ``time-s``.
     """
     data.require_train()
+    key = (id(data), config.to_json())
+    if key not in _ITEMS:  # resample once per process (simulation mode reuses it every round)
+        _ITEMS[key] = model_grid_items(data.train, config)
     previous = torch.get_num_threads()
     if num_threads:
         torch.set_num_threads(num_threads)
     start = time.perf_counter()
     try:
         history = train_epochs(network, data.train, config, epochs=epochs, batch_size=batch_size, lr=lr,
-                               device="cpu", seed=seed, proximal_mu=proximal_mu, constant_lr=True)
+                               device="cpu", seed=seed, proximal_mu=proximal_mu, constant_lr=True,
+                               items=_ITEMS[key])
     finally:
         torch.set_num_threads(previous)
     return {"num-examples": float(len(data.train)), "loss": history[-1]["loss"],
@@ -233,4 +241,5 @@ def local_evaluate(network: torch.nn.Module, data: SiteData, config: Segmentatio
 
 
 __all__ = ["ArchitectureMismatchError", "NoTrainingDataError", "SiteConfig", "SiteData", "load_site_data",
-           "state_arrays", "load_state_arrays", "network_from_arrays", "round_learning_rate", "local_train", "local_evaluate"]
+           "state_arrays", "load_state_arrays", "network_from_arrays", "round_learning_rate", "local_train",
+           "local_evaluate"]

@@ -108,7 +108,7 @@ def experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
 # --- data ---------------------------------------------------------------------------------------
 
 
-def _model_grid_items(pairs: Sequence[TrainingPair], config: SegmentationModelConfig) -> list[dict[str, np.ndarray]]:
+def model_grid_items(pairs: Sequence[TrainingPair], config: SegmentationModelConfig) -> list[dict[str, np.ndarray]]:
     """Each pair resampled once to the model grid, channel first: ``{"image", "label"}``."""
     items = []
     for pair in pairs:
@@ -228,6 +228,7 @@ def train_epochs(
     proximal_mu: float = 0.0,
     constant_lr: bool = False,
     on_epoch: EpochCallback | None = None,
+    items: list[dict[str, np.ndarray]] | None = None,
 ) -> list[dict[str, float]]:
     """Train ``network`` in place on ``pairs`` for ``epochs`` epochs; no MLflow, no validation.
 
@@ -251,6 +252,9 @@ def train_epochs(
         round's learning rate from a schedule over rounds).
     on_epoch
         ``on_epoch(epoch, {"loss": ...})`` after each epoch.
+    items
+        ``pairs`` already on the model grid (:func:`model_grid_items`), to skip resampling when
+        the same pairs are trained on again (a site, round after round).
 
     Returns
     -------
@@ -262,7 +266,8 @@ def train_epochs(
                                  f"{len(pairs)} pairs, epochs={epochs}, batch_size={batch_size}")
     device = select_device(device)
     network.to(device)
-    return _train_epochs(network, _model_grid_items(pairs, config), [], config, epochs=epochs,
+    return _train_epochs(network, items if items is not None else model_grid_items(pairs, config), [], config,
+                         epochs=epochs,
                          batch_size=batch_size, lr=lr, device=device, progress=None, on_epoch=on_epoch,
                          seed=seed, proximal_mu=proximal_mu, constant_lr=constant_lr)
 
@@ -386,8 +391,8 @@ def train_segmentation(
                 mlflow.log_dict(json.loads(config.to_json()), "segmentation_config.json")
                 mlflow.log_dict(sorted({p.study_instance_uid for p in train_pairs}), "train_studies.json")
                 network = build_network(config).to(device)
-                train_items = _model_grid_items(train_pairs, config)
-                val_items = _model_grid_items(val_pairs, config)
+                train_items = model_grid_items(train_pairs, config)
+                val_items = model_grid_items(val_pairs, config)
                 history = _train_epochs(network, train_items, val_items, config, epochs=epochs,
                                         batch_size=batch_size, lr=lr, device=device, progress=progress,
                                         on_epoch=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch))
@@ -412,4 +417,4 @@ def train_segmentation(
 
 __all__ = ["DEFAULT_MODEL_NAME", "DEFAULT_EXPERIMENT", "DEFAULT_ALIAS", "ProgressCallback", "TrainingResult",
            "default_artifact_location", "tracking", "patch_sampler", "validate", "pip_requirements",
-           "train_segmentation", "train_epochs", "EpochCallback", "log_segmentation_model", "experiment_id"]
+           "train_segmentation", "train_epochs", "model_grid_items", "EpochCallback", "log_segmentation_model", "experiment_id"]

@@ -178,7 +178,12 @@ class Federation:
                 if node.registered:
                     self.register(self._keys[node.site].public_key)
         for node in self.sites:
-            self.nodes[node.site].start(timeout_s)
+            try:
+                self.nodes[node.site].start(timeout_s)
+            except ServiceError:
+                if node.registered:
+                    raise
+                log.warning("SuperNode %s (key not registered) was refused, as expected", node.site)
 
     def online_nodes(self) -> list[int]:
         """Ids of the SuperNodes the SuperLink lists as online (``flwr supernode ls``)."""
@@ -198,8 +203,13 @@ class Federation:
             time.sleep(1.0)
 
     def register(self, public_key: Path) -> None:
-        """Register a SuperNode public key with the SuperLink (over the Control API)."""
-        self._flwr(["supernode", "register", str(public_key), CONNECTION], timeout_s=60)
+        """Register a SuperNode public key with the SuperLink (over the Control API); idempotent."""
+        try:
+            self._flwr(["supernode", "register", str(public_key), CONNECTION], timeout_s=60)
+        except FederationError as exc:
+            if "already" not in str(exc).lower():
+                raise
+            log.info("SuperNode key %s was already registered", public_key.name)
 
     def down(self) -> None:
         """Stop every SuperNode and the SuperLink, with the processes they spawned."""
