@@ -10,6 +10,8 @@ unlabelled_site (session)
     A folder with one site's CT series and no SEG (a site without finalised labels).
 tracking_uri
     A fresh SQLite MLflow store under the test's tmp folder.
+_in_tmp_cwd (autouse)
+    Every test runs with the current folder set to its tmp folder.
 run_config
     Run-config overrides for fast runs: the tiny network, 1 local epoch, the test's MLflow store
     and an alias of its own (``champion`` is never touched).
@@ -66,3 +68,10 @@ def tracking_uri(tmp_path: Path) -> str:
 def run_config(tracking_uri: str) -> dict[str, object]:
     return {"num-server-rounds": 2, "local-epochs": 1, "model-config": TINY_MODEL, "tracking-uri": tracking_uri,
             "alias": "test-federated", "min-nodes": 2, "round-timeout": 120.0}
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run in the test's tmp folder: some MLflow call in a full run creates an empty ./mlflow.db
+    (MLflow 3.17's default store) — kept out of the repository."""
+    monkeypatch.chdir(tmp_path)
