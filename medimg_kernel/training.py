@@ -97,7 +97,8 @@ def tracking(tracking_uri: str) -> Iterator[MlflowClient]:
         mlflow.set_registry_uri(previous[1])
 
 
-def _experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
+def experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    """The id of experiment ``name``, created (artifacts as :func:`default_artifact_location`) when missing."""
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
@@ -107,7 +108,7 @@ def _experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
 # --- data ---------------------------------------------------------------------------------------
 
 
-def _model_grid_items(pairs: Sequence[TrainingPair], config: SegmentationModelConfig) -> list[dict[str, np.ndarray]]:
+def model_grid_items(pairs: Sequence[TrainingPair], config: SegmentationModelConfig) -> list[dict[str, np.ndarray]]:
     """Each pair resampled once to the model grid, channel first: ``{"image", "label"}``."""
     items = []
     for pair in pairs:
@@ -165,16 +166,28 @@ def validate(network: torch.nn.Module, pairs: Sequence[TrainingPair], config: Se
     return {name: float(np.mean(v)) for name, v in scores.items() if v}
 
 
+#: ``on_epoch(epoch, metrics)``: called after each epoch (0-based) with its metrics.
+EpochCallback = Callable[[int, dict[str, float]], object]
+
+
 def _train_epochs(network: torch.nn.Module, train_items: list[dict[str, np.ndarray]],
                   val_items: list[dict[str, np.ndarray]], config: SegmentationModelConfig, *, epochs: int,
-                  batch_size: int, lr: float, device: torch.device,
-                  progress: ProgressCallback | None) -> list[dict[str, float]]:
-    """The optimisation loop; one epoch draws one batch of patches from every training volume."""
+                  batch_size: int, lr: float, device: torch.device, progress: ProgressCallback | None,
+                  on_epoch: EpochCallback | None = None, seed: int | None = None,
+                  proximal_mu: float = 0.0, constant_lr: bool = False) -> list[dict[str, float]]:
+    """The optimisation loop; one epoch draws one batch of patches from every training volume.
+
+    ``proximal_mu > 0`` adds FedProx's term ``mu / 2 * ||w - w0||²`` (``w0``: the weights at entry).
+    """
+    seed = config.seed if seed is None else seed
     sampler = patch_sampler(config, batch_size)
+    sampler.set_random_state(seed=seed)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     optimiser = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-5)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, epochs * len(train_items)))
-    order_rng = np.random.default_rng(config.seed)
+    scheduler = (torch.optim.lr_scheduler.ConstantLR(optimiser, factor=1.0) if constant_lr else
+                 torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, epochs * len(train_items))))
+    order_rng = np.random.default_rng(seed)
+    anchor = [p.detach().clone() for p in network.parameters()] if proximal_mu > 0 else []
     history = []
     for epoch in range(epochs):
         network.train()
@@ -183,19 +196,80 @@ def _train_epochs(network: torch.nn.Module, train_items: list[dict[str, np.ndarr
             images, labels = _batch(sampler(train_items[index]))
             optimiser.zero_grad(set_to_none=True)
             loss = loss_fn(network(images.to(device)), labels.to(device))
+            losses.append(float(loss.detach()))
+            if anchor:
+                loss = loss + proximal_mu / 2 * sum(
+                    torch.sum((p - a) ** 2) for p, a in zip(network.parameters(), anchor, strict=True))
             loss.backward()
             optimiser.step()
             scheduler.step()
-            losses.append(float(loss.detach()))
         metrics = {"loss": float(np.mean(losses))}
         if val_items:
             metrics |= _validate_model_grid(network, val_items, config, device)
-        mlflow.log_metrics(metrics, step=epoch)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
         logger.info("epoch %d/%d: %s", epoch + 1, epochs, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         history.append(metrics)
         if progress is not None:
             progress(1)
     return history
+
+
+def train_epochs(
+    network: torch.nn.Module,
+    pairs: Sequence[TrainingPair],
+    config: SegmentationModelConfig,
+    *,
+    epochs: int,
+    batch_size: int = 2,
+    lr: float = 3e-3,
+    device: str | torch.device | None = None,
+    seed: int | None = None,
+    proximal_mu: float = 0.0,
+    constant_lr: bool = False,
+    on_epoch: EpochCallback | None = None,
+    items: list[dict[str, np.ndarray]] | None = None,
+) -> list[dict[str, float]]:
+    """Train ``network`` in place on ``pairs`` for ``epochs`` epochs; no MLflow, no validation.
+
+    The loop of :func:`train_segmentation`, for callers that track elsewhere (a federated
+    site trains a few local epochs per round with it).
+
+    Parameters
+    ----------
+    network
+        Built by :func:`~medimg_kernel.model.build_network` for ``config``; moved to ``device``.
+    pairs
+        Training pairs (labels in ``config.label_names`` order); at least one.
+    epochs, batch_size, lr
+        As in :func:`train_segmentation` (the cosine schedule spans these ``epochs``).
+    seed
+        Seed of patch sampling and volume order (default ``config.seed``); vary it per round.
+    proximal_mu
+        FedProx proximal coefficient; 0 is plain training.
+    constant_lr
+        Keep ``lr`` for all steps instead of the cosine schedule (a federated site gets its
+        round's learning rate from a schedule over rounds).
+    on_epoch
+        ``on_epoch(epoch, {"loss": ...})`` after each epoch.
+    items
+        ``pairs`` already on the model grid (:func:`model_grid_items`), to skip resampling when
+        the same pairs are trained on again (a site, round after round).
+
+    Returns
+    -------
+    list of dict
+        One ``{"loss": mean Dice+CE loss}`` per epoch.
+    """
+    if not pairs or epochs < 1 or batch_size < 1:
+        raise ConfigurationError(f"train_epochs needs at least one pair, epochs >= 1 and batch_size >= 1; got "
+                                 f"{len(pairs)} pairs, epochs={epochs}, batch_size={batch_size}")
+    device = select_device(device)
+    network.to(device)
+    return _train_epochs(network, items if items is not None else model_grid_items(pairs, config), [], config,
+                         epochs=epochs,
+                         batch_size=batch_size, lr=lr, device=device, progress=None, on_epoch=on_epoch,
+                         seed=seed, proximal_mu=proximal_mu, constant_lr=constant_lr)
 
 
 # --- MLflow model -------------------------------------------------------------------------------
@@ -212,8 +286,14 @@ def pip_requirements() -> list[str]:
     return pins
 
 
-def _log_model(network: torch.nn.Module, config: SegmentationModelConfig, model_name: str | None):  # noqa: ANN202
-    """Log ``network`` in ``pt2`` format (dynamic batch and spatial sizes) with its config as metadata."""
+def log_segmentation_model(network: torch.nn.Module, config: SegmentationModelConfig,  # noqa: ANN201
+                           model_name: str | None):
+    """Log ``network`` to the active MLflow run in ``pt2`` format with its config as metadata.
+
+    Dynamic batch and spatial sizes; registered as a new version of ``model_name`` unless it is
+    ``None``. Returns MLflow's ``ModelInfo``. :func:`~medimg_kernel.registry.load_segmentation_model`
+    loads what this logs.
+    """
     side = 2 * int(np.prod(config.strides))
     example = np.zeros((2, 1, side, side, side), dtype=np.float32)
     signature = ModelSignature(
@@ -304,20 +384,21 @@ def train_segmentation(
     torch.set_num_threads(num_threads or len(os.sched_getaffinity(0)))
     try:
         with tracking(tracking_uri) as client:
-            experiment_id = _experiment_id(client, experiment, tracking_uri)
-            with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+            exp_id = experiment_id(client, experiment, tracking_uri)
+            with mlflow.start_run(experiment_id=exp_id, run_name=run_name) as run:
                 mlflow.log_params(_params(config, epochs=epochs, batch_size=batch_size, lr=lr,
                                           n_train=len(train_pairs), n_val=len(val_pairs), device=device.type))
                 mlflow.log_dict(json.loads(config.to_json()), "segmentation_config.json")
                 mlflow.log_dict(sorted({p.study_instance_uid for p in train_pairs}), "train_studies.json")
                 network = build_network(config).to(device)
-                train_items = _model_grid_items(train_pairs, config)
-                val_items = _model_grid_items(val_pairs, config)
+                train_items = model_grid_items(train_pairs, config)
+                val_items = model_grid_items(val_pairs, config)
                 history = _train_epochs(network, train_items, val_items, config, epochs=epochs,
-                                        batch_size=batch_size, lr=lr, device=device, progress=progress)
+                                        batch_size=batch_size, lr=lr, device=device, progress=progress,
+                                        on_epoch=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch))
                 val_dice = validate(network, val_pairs, config, device)
                 mlflow.log_metrics({f"final_val_dice_{k}": v for k, v in val_dice.items()}, step=epochs)
-                info = _log_model(network, config, model_name)
+                info = log_segmentation_model(network, config, model_name)
                 model_version = info.registered_model_version
                 if model_name is not None and model_version is not None:
                     for key, value in _tags(train_pairs, val_dice).items():
@@ -336,4 +417,4 @@ def train_segmentation(
 
 __all__ = ["DEFAULT_MODEL_NAME", "DEFAULT_EXPERIMENT", "DEFAULT_ALIAS", "ProgressCallback", "TrainingResult",
            "default_artifact_location", "tracking", "patch_sampler", "validate", "pip_requirements",
-           "train_segmentation"]
+           "train_segmentation", "train_epochs", "model_grid_items", "EpochCallback", "log_segmentation_model", "experiment_id"]

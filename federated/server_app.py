@@ -1,0 +1,123 @@
+"""The coordinator's ServerApp: FedAvg (or FedProx, optionally with DP), tracked in MLflow, registered.
+
+Per round the strategy's own ``configure_*``/``aggregate_*`` are wrapped (not copied) to
+record which sites were asked, which replied and why the others did not; the global model
+is checkpointed through ``evaluate_fn``; the final model is registered under the name the
+pipelines load (``organ-segmentation``) with the run config's alias.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping, DifferentialPrivacyServerSideFixedClipping, FedAvg, FedProx,
+    Strategy,
+)
+
+from task import ConfigurationError, FederatedTracker, RunSettings, from_record, initial_arrays, split_replies
+
+logger = logging.getLogger(__name__)
+
+app = ServerApp()
+
+
+class TrackedMixin:
+    """Adds MLflow tracking of sent, replied and failed sites to a FedAvg-family strategy."""
+
+    tracker: FederatedTracker
+    site_of_node: dict[int, str]
+    _sent: set[int]
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
+        self._sent = {m.metadata.dst_node_id for m in messages}
+        return messages
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))  # type: ignore[misc]
+        self._sent = {m.metadata.dst_node_id for m in messages}
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):  # noqa: ANN201
+        replies = list(replies)
+        arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
+        per_site, failed = split_replies(replies, self._sent, self.site_of_node)
+        self.tracker.log_round(server_round, "train", dict(metrics or {}), per_site, failed)
+        return arrays, metrics
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        replies = list(replies)
+        metrics = super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]
+        per_site, failed = split_replies(replies, self._sent, self.site_of_node)
+        self.tracker.log_round(server_round, "eval", dict(metrics or {}), per_site, failed)
+        return metrics
+
+
+class TrackedFedAvg(TrackedMixin, FedAvg):
+    """FedAvg weighted by ``num-examples``, tracked."""
+
+
+class TrackedFedProx(TrackedMixin, FedProx):
+    """FedProx (sends ``proximal-mu``; sites add the proximal term), tracked."""
+
+
+def build_strategy(settings: RunSettings, tracker: FederatedTracker) -> Strategy:
+    """The run config's strategy, wrapped in a DP fixed-clipping strategy when ``dp`` is set."""
+    common = {"fraction_train": 1.0, "fraction_evaluate": 1.0, "min_train_nodes": settings.min_nodes,
+              "min_evaluate_nodes": settings.min_nodes, "min_available_nodes": settings.min_nodes}
+    inner: TrackedMixin
+    if settings.strategy == "fedprox":
+        inner = TrackedFedProx(proximal_mu=settings.proximal_mu, **common)
+    else:
+        inner = TrackedFedAvg(**common)
+    inner.tracker, inner.site_of_node, inner._sent = tracker, {}, set()
+    if settings.dp == "server":
+        return DifferentialPrivacyServerSideFixedClipping(inner, settings.dp_noise_multiplier,  # type: ignore[arg-type]
+                                                          settings.dp_clipping_norm, settings.expected_nodes)
+    if settings.dp == "client":
+        return DifferentialPrivacyClientSideFixedClipping(inner, settings.dp_noise_multiplier,  # type: ignore[arg-type]
+                                                          settings.dp_clipping_norm, settings.expected_nodes)
+    return inner  # type: ignore[return-value]
+
+
+def run_federation(grid: Grid, settings: RunSettings) -> None:
+    """The whole run: parent MLflow run, ``num-server-rounds`` rounds, checkpoints, registration."""
+    if not settings.tracking_uri:
+        raise ConfigurationError("run config tracking-uri is empty: give the MLflow server's URL or "
+                                 "sqlite:///path/to/mlflow.db (medimg fl run sets it from the platform settings)")
+    tracker = FederatedTracker(settings.tracking_uri, settings.experiment, settings.run_name or None)
+    tracker.start({k.replace("_", "-"): v for k, v in vars(settings).items()})
+    strategy = build_strategy(settings, tracker)
+
+    def checkpoint(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round > 0:
+            tracker.checkpoint(server_round, from_record(arrays))
+        return None
+
+    try:
+        result = strategy.start(grid=grid, initial_arrays=initial_arrays(settings),
+                                num_rounds=settings.num_server_rounds, timeout=settings.round_timeout,
+                                evaluate_fn=checkpoint)
+        if not tracker.sites:
+            raise RuntimeError("no site returned weights in any round; nothing to register "
+                               f"(see failures.txt of MLflow run {tracker.run_id})")
+        if settings.register:
+            tracker.register(from_record(result.arrays), settings.segmentation_config(),
+                             model_name=settings.model_name, alias=settings.alias or None,
+                             rounds=settings.num_server_rounds, strategy=settings.strategy + f"+dp={settings.dp}")
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Entry point: run config → :func:`run_federation`."""
+    run_federation(grid, RunSettings.from_run_config(context.run_config))

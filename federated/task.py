@@ -1,0 +1,197 @@
+"""The federated app's work, delegated to :mod:`medimg_kernel` (the only file here that imports torch).
+
+Run config (``[tool.flwr.app.config]`` in ``pyproject.toml``, override with ``flwr run -c``)
+is read once into :class:`RunSettings`; node config (one per SuperNode: which PACS is this
+site's) into :class:`medimg_kernel.federated.SiteConfig`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+
+from medimg_kernel.errors import ConfigurationError
+from medimg_kernel.federated import (
+    ArchitectureMismatchError, NoTrainingDataError, SiteConfig, load_site_data, local_evaluate, local_train,
+    network_from_arrays, round_learning_rate, state_arrays,
+)
+from medimg_kernel.federated_tracking import FederatedTracker
+from medimg_kernel.model import SegmentationModelConfig, build_network
+
+logger = logging.getLogger(__name__)
+
+#: Error codes of refusals (Flower ``Error.code``), above Flower's own codes.
+NO_TRAINING_DATA = 1001
+ARCHITECTURE_MISMATCH = 1002
+CONFIGURATION = 1003
+
+TINY_MODEL = ('{"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0, "roi_size": [16, 32, 32], '
+              '"target_spacing_mm": [8.0, 8.0, 8.0], "sw_batch_size": 4}')
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Typed run config; field ``x_y`` is run-config key ``x-y``. Defaults: ``pyproject.toml``."""
+
+    num_server_rounds: int = 3
+    local_epochs: int = 1
+    batch_size: int = 2
+    lr: float = 3e-3
+    strategy: str = "fedavg"          # fedavg | fedprox
+    proximal_mu: float = 0.01
+    min_nodes: int = 2                # fewer than all sites: a lost site must not stall the run
+    expected_nodes: int = 3
+    round_timeout: float = 600.0      # replies later than this are dropped (the site is reported)
+    model_config: str = ""            # SegmentationModelConfig overrides as JSON; "" = defaults
+    type_id: str = "organs"
+    holdout_fraction: float = 0.2
+    seed: int = 0
+    num_threads: int = 1
+    dp: str = "none"                  # none | server | client (fixed clipping)
+    dp_noise_multiplier: float = 0.0
+    dp_clipping_norm: float = 10.0
+    tracking_uri: str = ""
+    experiment: str = "organ-segmentation-federated"
+    run_name: str = ""
+    model_name: str = "organ-segmentation"
+    alias: str = "federated"
+    register: bool = True
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> RunSettings:
+        """Build from Flower's run config; unknown keys are refused by name."""
+        known = {f.name.replace("_", "-"): f for f in fields(cls)}
+        unknown = sorted(set(run_config) - set(known))
+        if unknown:
+            raise ConfigurationError(f"run config: unknown keys {unknown}; known: {sorted(known)}")
+        values = {known[k].name: run_config[k] for k in run_config}
+        found = cls(**values)
+        if found.strategy not in ("fedavg", "fedprox") or found.dp not in ("none", "server", "client"):
+            raise ConfigurationError(f"run config: strategy must be fedavg|fedprox and dp none|server|client; "
+                                     f"got strategy={found.strategy!r}, dp={found.dp!r}")
+        return found
+
+    def segmentation_config(self, override: str = "") -> SegmentationModelConfig:
+        """The model config from ``model-config`` (or a node's ``override``), as JSON overrides."""
+        text = override or self.model_config
+        return SegmentationModelConfig.from_json(text) if text else SegmentationModelConfig()
+
+
+# --- weights as Flower records ------------------------------------------------------------------
+
+
+def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """Named numpy arrays as an ArrayRecord (names kept, order kept)."""
+    return ArrayRecord(array_dict={name: Array(np.ascontiguousarray(a)) for name, a in arrays.items()})
+
+
+def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """An ArrayRecord as named numpy arrays."""
+    return {name: array.numpy() for name, array in record.items()}
+
+
+def initial_arrays(settings: RunSettings) -> ArrayRecord:
+    """The seeded, untrained global model."""
+    return to_record(state_arrays(build_network(settings.segmentation_config())))
+
+
+# --- ClientApp side -------------------------------------------------------------------------------
+
+
+def _refusal(message: Message, code: int, reason: str) -> Message:
+    logger.warning("%s", reason)
+    return Message(Error(code=code, reason=reason), reply_to=message)
+
+
+def _site_work(message: Message, context: Context) -> tuple[RunSettings, SiteConfig, SegmentationModelConfig,
+                                                            Any, Any]:
+    settings = RunSettings.from_run_config(context.run_config)
+    site = SiteConfig.from_node_config(context.node_config)
+    config = settings.segmentation_config(str(context.node_config.get("model-config", "")))
+    record = next(iter(message.content.array_records.values()))
+    network = network_from_arrays(config, from_record(record), site=site.site)
+    data = load_site_data(site, config, type_id=settings.type_id, holdout_fraction=settings.holdout_fraction)
+    return settings, site, config, network, data
+
+
+def _reply(message: Message, site: str, metrics: Mapping[str, float], arrays: ArrayRecord | None) -> Message:
+    content = RecordDict({"metrics": MetricRecord(dict(metrics)), "site": ConfigRecord({"site": site})})
+    if arrays is not None:
+        content["arrays"] = arrays
+    return Message(content=content, reply_to=message)
+
+
+def handle_message(message: Message, context: Context, *, train: bool) -> Message:
+    """Train (``train=True``) or evaluate the received global model on this site's own data.
+
+    Refusals are error replies with a reason the ServerApp logs and tracks: a site without
+    finalised labels (:data:`NO_TRAINING_DATA`), weights that don't fit the local network
+    (:data:`ARCHITECTURE_MISMATCH`), a bad node or run config (:data:`CONFIGURATION`).
+    """
+    try:
+        settings, site, config, network, data = _site_work(message, context)
+        sent = message.content.config_records.get("config", ConfigRecord())
+        server_round = int(sent.get("server-round", 0))
+        if not train:
+            return _reply(message, site.site, local_evaluate(network, data, config), None)
+        metrics = local_train(network, data, config, epochs=settings.local_epochs, batch_size=settings.batch_size,
+                              lr=round_learning_rate(settings.lr, server_round, settings.num_server_rounds),
+                              seed=settings.seed + 1000 * server_round + context.node_id % 997,
+                              proximal_mu=float(sent.get("proximal-mu", 0.0)), num_threads=settings.num_threads)
+        return _reply(message, site.site, metrics, to_record(state_arrays(network)))
+    except NoTrainingDataError as exc:
+        return _refusal(message, NO_TRAINING_DATA, str(exc))
+    except ArchitectureMismatchError as exc:
+        return _refusal(message, ARCHITECTURE_MISMATCH, str(exc))
+    except ConfigurationError as exc:
+        return _refusal(message, CONFIGURATION, f"site configuration: {exc}")
+
+
+# --- ServerApp side ---------------------------------------------------------------------------------
+
+
+def reply_site(message: Message) -> str:
+    """The site name a reply carries ("" for error replies)."""
+    if message.has_error() or "site" not in message.content.config_records:
+        return ""
+    return str(message.content.config_records["site"]["site"])
+
+
+def split_replies(replies: Iterable[Message], sent: Iterable[int], sites: dict[int, str]
+                  ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Per-site metrics of valid replies, and ``{site or node: reason}`` for errors and missing replies.
+
+    ``sites`` (node id → site name) is updated from the valid replies.
+    """
+    per_site: dict[str, dict[str, float]] = {}
+    failed: dict[str, str] = {}
+    seen = set()
+    for reply in replies:
+        node = reply.metadata.src_node_id
+        seen.add(node)
+        if reply.has_error():
+            reason = reply.error.reason or f"error code {reply.error.code}"
+            failed[sites.get(node) or _site_in(reason) or f"node-{node}"] = reason
+            continue
+        sites[node] = reply_site(reply) or f"node-{node}"
+        metrics = next(iter(reply.content.metric_records.values()))
+        per_site[sites[node]] = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    for node in set(sent) - seen:
+        failed[sites.get(node, f"node-{node}")] = "no reply before the round timeout (site down or too slow)"
+    return per_site, failed
+
+
+def _site_in(reason: str) -> str:
+    """The site name in a refusal reason (``"site NAME: ..."``), if any."""
+    if reason.startswith("site ") and ":" in reason:
+        return reason[5:].split(":", 1)[0].strip()
+    return ""
+
+
+__all__ = ["ConfigurationError", "FederatedTracker", "RunSettings", "to_record", "from_record", "initial_arrays", "handle_message", "split_replies",
+           "NO_TRAINING_DATA", "ARCHITECTURE_MISMATCH", "CONFIGURATION", "TINY_MODEL"]
