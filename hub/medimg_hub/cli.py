@@ -18,7 +18,7 @@ import click
 
 from medimg_kernel.errors import MedImgError
 
-from . import cli_tasks
+from . import cli_federation, cli_tasks
 from .orthanc import OrthancServer
 from .process import ServiceError
 from .services import platform_services
@@ -194,7 +194,8 @@ def config(settings: Settings) -> None:
     click.echo(json.dumps(settings.as_dict(), indent=2))
 
 
-for _command in (cli_tasks.pipelines, cli_tasks.tasks, cli_tasks.worker, cli_tasks.dispatcher, cli_tasks.migrate):
+for _command in (cli_tasks.pipelines, cli_tasks.tasks, cli_tasks.worker, cli_tasks.dispatcher, cli_tasks.migrate,
+                 cli_federation.fl):
     cli.add_command(_command)
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from medimg_hub.process import free_port
 
-SUBCOMMANDS = ["up", "down", "status", "config", "pipelines", "tasks", "worker", "dispatcher", "migrate"]
+SUBCOMMANDS = ["up", "down", "status", "config", "pipelines", "tasks", "worker", "dispatcher", "migrate", "fl"]
 #: PACS, broker, MLflow, dispatcher, one worker, the hub.
 SERVICES = 6
 
@@ -21,7 +21,7 @@ def _medimg(*args: str, config: Path | None = None) -> subprocess.CompletedProce
 
 
 NESTED = [("tasks", "submit"), ("tasks", "list"), ("tasks", "show"), ("tasks", "cancel"), ("tasks", "decide"),
-          ("pipelines", "list")]
+          ("pipelines", "list"), ("fl", "up"), ("fl", "run"), ("fl", "down")]
 
 
 @pytest.mark.parametrize("sub", [None, *SUBCOMMANDS, *NESTED])
