@@ -266,3 +266,32 @@ class ModelNotFoundError(MedImgError, LookupError):
             f"`papermill notebooks/train_segmentation.ipynb out.ipynb -p tracking_uri {tracking_uri} "
             f"-p model_name {name}` or medimg_kernel.registry.ensure_segmentation_model(client, tracking_uri)"
         )
+
+
+class PlatformAPIError(MedImgError, RuntimeError):
+    """A call to the platform API (tasks, review) failed.
+
+    Attributes
+    ----------
+    status
+        The HTTP status code, or ``None`` when the platform could not be reached.
+    url
+        The request URL.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, url: str = "") -> None:
+        self.status = status
+        self.url = url
+        super().__init__(message)
+
+
+class ReviewConflictError(PlatformAPIError):
+    """The case changed under the reviewer: decided by someone else, no longer waiting (HTTP 409)."""
+
+
+class CaseClaimedError(ReviewConflictError):
+    """Another reviewer holds the claim on the case; ``claim`` says who and until when."""
+
+    def __init__(self, message: str, *, claim: dict[str, str], url: str = "") -> None:
+        super().__init__(message, status=409, url=url)
+        self.claim = claim

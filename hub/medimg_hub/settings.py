@@ -118,6 +118,16 @@ class PipelinesSettings:
 
 
 @dataclass(frozen=True)
+class ReviewSettings:
+    """Clinician review (the worklist and viewer dashboards, and the platform API's review endpoints)."""
+
+    #: A claim on a case lapses after this many seconds without being renewed (opening the case renews it).
+    claim_ttl_s: float = 1800.0
+    #: Largest draft (compressed labels of one case) the platform API keeps, in bytes.
+    max_draft_bytes: int = 64 << 20
+
+
+@dataclass(frozen=True)
 class HubSettings:
     """JupyterHub, its proxy, and the platform API service behind it (issue #4)."""
 
@@ -222,6 +232,7 @@ class Settings:
     queue: QueueSettings = field(default_factory=QueueSettings)
     tasks: TasksSettings = field(default_factory=TasksSettings)
     pipelines: PipelinesSettings = field(default_factory=PipelinesSettings)
+    review: ReviewSettings = field(default_factory=ReviewSettings)
     hub: HubSettings = field(default_factory=HubSettings)
     datasets: tuple[DatasetSettings, ...] = DEFAULT_DATASETS
     demo: DemoSettings = field(default_factory=DemoSettings)
@@ -353,7 +364,8 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         raise ConfigurationError(f"settings file {file} is not valid TOML: {exc}") from exc
     sections = {
         "platform": PlatformSettings, "pacs": PacsSettings, "mlflow": MlflowSettings, "queue": QueueSettings,
-        "tasks": TasksSettings, "pipelines": PipelinesSettings, "hub": HubSettings, "demo": DemoSettings,
+        "tasks": TasksSettings, "pipelines": PipelinesSettings, "review": ReviewSettings, "hub": HubSettings,
+        "demo": DemoSettings,
     }
     unknown = sorted(set(raw) - set(sections) - {"datasets"})
     if unknown:
@@ -404,5 +416,8 @@ def _validate(built: dict[str, Any]) -> None:
         raise ConfigurationError("[tasks] stale_after_s must be at least 3 × heartbeat_s, or live jobs look lost")
     if not 1 <= len(pacs.aet) <= 16:
         raise ConfigurationError(f"[pacs] aet={pacs.aet!r} must be 1-16 characters")
+    review = built["review"]
+    if review.claim_ttl_s <= 0 or review.max_draft_bytes <= 0:
+        raise ConfigurationError("[review] claim_ttl_s and max_draft_bytes must be positive")
     if demo.n_sites < 1 or demo.studies_per_site < 1:
         raise ConfigurationError("[demo] n_sites and studies_per_site must be at least 1")

@@ -16,13 +16,14 @@ from ..tasks import upgrade
 from ..tasks.models import make_engine
 from ..tasks.service import TaskService
 from ..tasks.store import TaskStore
-from . import admin_api, gateway, tasks_api
+from . import admin_api, gateway, review_api, tasks_api
 from .audit import AuditLog
 from .auth import HubIdentities
 from .base import HealthHandler, PlatformContext
 from .datasets import DatasetDirectory, sync_datasets
 from .metrics import PlatformMetrics
 from .paths import BadRequest, check_uid
+from .review_access import ReviewAccess
 from .tasks_access import TaskAccess
 from .upstream import Orthanc
 
@@ -65,7 +66,8 @@ def build_context(settings: Settings, env: Mapping[str, str], *, migrate: bool =
         settings=settings, prefix=prefix, identities=HubIdentities(hub_auth), directory=directory,
         audit=AuditLog(engine), metrics=PlatformMetrics(),
         orthanc=Orthanc(pacs.dicomweb_url, (creds.username, creds.password), executor),
-        tasks=TaskAccess(service, directory, engine, _series_lookup(pacs)), executor=executor,
+        tasks=TaskAccess(service, directory, engine, _series_lookup(pacs)),
+        review=ReviewAccess(service, directory, engine, settings.review), executor=executor,
     )
 
 
@@ -89,7 +91,7 @@ def _series_lookup(pacs: OrthancServer) -> Callable[[str], str | None]:
 def make_app(context: PlatformContext) -> Application:
     """The tornado application: every module's ``default_handlers`` under the service prefix."""
     routes = [(r"health/?", HealthHandler)]
-    for module in (gateway, tasks_api, admin_api):
+    for module in (gateway, tasks_api, review_api, admin_api):
         routes += module.default_handlers
     handlers = [(context.prefix + pattern, handler, {"context": context}) for pattern, handler in routes]
     return Application(handlers, xsrf_cookies=False, log_function=_log_request)

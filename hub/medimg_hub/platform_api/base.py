@@ -49,6 +49,7 @@ class PlatformContext:
     metrics: PlatformMetrics
     orthanc: Orthanc
     tasks: Any  # TaskAccess (tasks_api), typed loosely to keep this module free of the task service
+    review: Any  # ReviewAccess (review_api), likewise
     executor: ThreadPoolExecutor
     audit_executor: Executor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="audit"))
 

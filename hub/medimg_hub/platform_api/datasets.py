@@ -212,6 +212,11 @@ class DatasetDirectory:
         with self._sessions() as session:
             return session.scalars(select(Dataset.name).where(Dataset.institution == institution.strip())).first()
 
+    def names(self) -> list[str]:
+        """Every dataset's name."""
+        with self._sessions() as session:
+            return list(session.scalars(select(Dataset.name).order_by(Dataset.name)))
+
     def exists(self, dataset: str) -> bool:
         with self._sessions() as session:
             return session.get(Dataset, dataset) is not None

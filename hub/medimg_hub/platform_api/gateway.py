@@ -201,17 +201,21 @@ class DicomWebHandler(PlatformHandler):
     async def _stow(self) -> None:
         content_type = clean_header(self.request.headers.get("Content-Type"), "")
         instances = await self.ctx.run(scan_instances, self.spool, content_type)
-        by_study: dict[str, StowInstance] = {}
+        by_study: dict[str, list[StowInstance]] = {}
         for item in instances:
             if self.target.study is not None and item.study_instance_uid != self.target.study:
                 raise BadRequest("an instance's StudyInstanceUID differs from the study in the path")
-            by_study.setdefault(item.study_instance_uid, item)
+            by_study.setdefault(item.study_instance_uid, []).append(item)
         self.audit_fields["study"] = next(iter(by_study)) if len(by_study) == 1 else None
-        writable = _with(await self._rights(), Right.WRITE)
+        rights = await self._rights()
+        writable, finalisable = _with(rights, Right.WRITE), _with(rights, Right.FINALISE)
         wanted = self.get_query_argument("dataset", None)
         datasets = set()
-        for study, first in by_study.items():
-            datasets.add(await self._writable_dataset(study, first.institution, wanted, writable))
+        for study, items in by_study.items():
+            # finalisers store review results (SEG, SR) into studies that already are in their dataset
+            results_only = all(i.review_result for i in items)
+            datasets.add(await self._writable_dataset(study, items[0].institution, wanted, writable,
+                                                      finalisable if results_only else set()))
         self.audit_fields["dataset"] = ",".join(sorted(datasets))
         self.audit_fields["detail"] = f"{len(instances)} instances in {len(by_study)} studies"
         answer = await self.ctx.orthanc.post(self.target.path, self.spool, {
@@ -223,8 +227,11 @@ class DicomWebHandler(PlatformHandler):
         self.finish(answer.body.replace(self.ctx.orthanc.dicomweb_url.encode(), public.encode()))
 
     async def _writable_dataset(self, study: str, institution: str | None, wanted: str | None,
-                                writable: set[str]) -> str:
-        """The dataset ``study`` is (or will be) in, if the caller may write it; else refuse (403)."""
+                                writable: set[str], existing_only: frozenset[str] | set[str] = frozenset()) -> str:
+        """The dataset ``study`` is (or will be) in, if the caller may write it; else refuse (403).
+
+        ``existing_only`` are more datasets the caller may write into, but only studies already in them.
+        """
         directory = self.ctx.directory
         current = await self.ctx.run(directory.dataset_of, study)
         if current is None:
@@ -237,7 +244,7 @@ class DicomWebHandler(PlatformHandler):
             if existing.status == 200 and existing.body.strip() not in (b"", b"[]"):
                 self.refuse(403, "study exists in the PACS outside every dataset")
             current = await self.ctx.run(directory.assign, study, target)
-        if current is None or current not in writable or (wanted is not None and wanted != current):
+        if current is None or current not in (writable | existing_only) or (wanted is not None and wanted != current):
             self.refuse(403, "study not in a dataset the caller may write")
         return current
 

@@ -15,7 +15,12 @@ Tables
     Append-only: one row per access, allowed or denied. UIDs only, never patient
     attributes or pixel data. Triggers (revision 0002) refuse UPDATE and DELETE.
 ``review_proposals``
-    A decision proposed by someone holding ``review`` but not ``finalise`` on a manual job.
+    A decision proposed by someone holding ``review`` but not ``finalise`` on a manual job, with
+    the proposer's edited labels (revision 0003) for the finaliser to start from.
+``review_claims``
+    Who is working on a manual job, until when (revision 0003).
+``review_drafts``
+    A reviewer's unsaved edits of a manual job (opaque compressed labels, revision 0003).
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, ForeignKey, Integer, String, Text, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, deferred, mapped_column
 
 from ..tasks.models import Base, UTCDateTime
 
@@ -120,3 +125,27 @@ class ReviewProposal(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     outputs: Mapped[dict[str, Any]] = mapped_column(JSON)
     at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: The proposer's edited labels (the draft at proposal time, as the dashboard encoded it).
+    mask: Mapped[bytes | None] = deferred(mapped_column(LargeBinary, nullable=True))
+
+
+class ReviewClaim(Base):
+    """A reviewer's claim on a manual job, so that two reviewers don't work on it unknowingly."""
+
+    __tablename__ = "review_claims"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ReviewDraft(Base):
+    """One reviewer's unsaved edits of one manual job; the platform keeps them across reloads."""
+
+    __tablename__ = "review_drafts"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    actor: Mapped[str] = mapped_column(String(128), primary_key=True)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

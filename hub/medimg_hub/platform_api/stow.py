@@ -23,7 +23,15 @@ from .paths import BadRequest, check_uid
 SPOOL_MEMORY_BYTES = 16 << 20
 #: Largest STOW-RS body accepted (bytes).
 MAX_STOW_BYTES = 4 << 30
-_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "InstitutionName"]
+_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "InstitutionName", "SOPClassUID"]
+#: Results of review (DICOM SEG and the SR that goes with it): reviewers holding ``finalise``
+#: may store these, and only these, into existing studies of their dataset.
+REVIEW_RESULT_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation Storage
+    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
+})
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,12 @@ class StowInstance:
     series_instance_uid: str
     sop_instance_uid: str
     institution: str | None
+    sop_class_uid: str = ""
+
+    @property
+    def review_result(self) -> bool:
+        """A SEG or SR, which a finaliser may store (:data:`REVIEW_RESULT_CLASSES`)."""
+        return self.sop_class_uid in REVIEW_RESULT_CLASSES
 
 
 def _instance(body: bytes, index: int) -> StowInstance:
@@ -45,7 +59,7 @@ def _instance(body: bytes, index: int) -> StowInstance:
     for uid, what in zip(uids, ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"), strict=True):
         check_uid(uid, f"{what} of part {index}")
     institution = str(ds.get("InstitutionName", "")).strip() or None
-    return StowInstance(uids[0], uids[1], uids[2], institution)
+    return StowInstance(uids[0], uids[1], uids[2], institution, str(ds.get("SOPClassUID", "")))
 
 
 def scan_instances(body: IO[bytes], content_type: str) -> list[StowInstance]:

@@ -10,8 +10,9 @@ Rules (dataset rights come from the ``[[datasets]]`` grants of the caller's grou
   on the datasets they develop on; clinicians do not submit.
 * **cancel**: the task's owner or a hub admin.
 * **decide** (a manual job): ``finalise`` completes the stage through
-  :meth:`TaskService.decide`; ``review`` alone records a :class:`ReviewProposal` and leaves the
-  job waiting (202); ``read`` alone is refused (403).
+  :meth:`TaskService.decide` and forgets the job's claims and the finaliser's draft; ``review`` alone records a
+  :class:`ReviewProposal` carrying the proposer's draft labels and leaves the job waiting (202);
+  ``read`` alone is refused (403).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..tasks.service import RunTarget, TaskService
 from .auth import Identity
 from .datasets import DatasetDirectory
 from .models import ReviewProposal, Right
+from .review_store import attach_draft, settle_job
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +128,7 @@ class TaskAccess:
         outputs = dict(body.get("outputs") or {})
         if Right.FINALISE.value in rights:
             decided = self.service.decide(job_id, decision, actor=who.name, reason=reason, outputs=outputs)
+            settle_job(self._sessions, job_id, who.name)
             return 200, asdict(decided), task.dataset
         if Right.REVIEW.value in rights:
             return 202, self._propose(who, job, decision, reason, outputs), task.dataset
@@ -141,7 +144,9 @@ class TaskAccess:
                              reason=str(reason) if reason is not None else None, outputs=outputs, at=utcnow())
         with self._sessions.begin() as session:
             session.add(row)
-        return {"job_id": job.id, "proposal": decision, "proposed_by": who.name, "status": job.status.value}
+            with_labels = attach_draft(session, row)
+        return {"job_id": job.id, "proposal": decision, "proposed_by": who.name, "status": job.status.value,
+                "with_labels": with_labels}
 
     def _proposals(self, task: TaskRecord) -> list[dict[str, Any]]:
         with self._sessions() as session:
