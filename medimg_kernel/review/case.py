@@ -67,7 +67,7 @@ def find_instance(dicomweb: DICOMwebProtocol, study: str, sop_instance_uid: str)
     found = dicomweb.search_for_instances(study, search_filters={"SOPInstanceUID": sop_instance_uid})
     series = {str(item.get("0020000E", {}).get("Value", [""])[0]) for item in found}
     if len(series) != 1 or "" in series:
-        raise SegmentationError(f"the model's SEG {sop_instance_uid} is not in the PACS (or not visible to you)")
+        raise SegmentationError(f"instance {sop_instance_uid} is not in the PACS (or not visible to you)")
     return dicomweb.retrieve_instance(study, series.pop(), sop_instance_uid)
 
 
@@ -96,6 +96,8 @@ class ReviewCase(HasTraits):
         self.origin = start.origin
         self._seconds_before = start.review_seconds
         self._opened_at = clock()
+        #: Segment volumes (mm³) in the model's structured report; empty when it has none.
+        self.model_volumes_mm3: dict[str, float] = {}
 
     # --- opening ---------------------------------------------------------------------------------
 
@@ -126,8 +128,10 @@ class ReviewCase(HasTraits):
             raise SegmentationError(f"the model's SEG does not match this series: {exc}") from exc
         segments = describe_seg(model_seg).segment_names
         start = cls._starting_labels(api, item, series, volume.shape, model_labels.astype(np.uint8), segments)
-        return cls(item=item, volume=volume, model_seg=model_seg, model_labels=model_labels.astype(np.uint8),
+        case = cls(item=item, volume=volume, model_seg=model_seg, model_labels=model_labels.astype(np.uint8),
                    segments=segments, start=start, api=api, dicomweb=dicomweb, reviewer=reviewer, clock=clock)
+        case.model_volumes_mm3 = _report_volumes(dicomweb, study, item.get("model_sr_sop_instance_uids") or [])
+        return case
 
     @staticmethod
     def _starting_labels(api: ReviewAPI, item: dict[str, Any], series: str, shape: tuple[int, int, int],
@@ -196,6 +200,12 @@ class ReviewCase(HasTraits):
                       self.review_seconds(), self.origin)
         self.api.put_draft(self.job_id, encode_draft(draft))
         self.dirty = False
+
+    def volumes_mm3(self) -> dict[str, float]:
+        """Volume of each segment of the current labels (mm³)."""
+        counts = np.bincount(self.editor.labels.ravel(), minlength=len(self.segments) + 1)
+        voxel = float(np.prod(self.volume.spacing))
+        return {name: float(counts[i]) * voxel for i, name in enumerate(self.segments, start=1)}
 
     def dice(self) -> dict[str, float]:
         """Model-vs-current Dice of each segment."""
@@ -276,6 +286,19 @@ class ReviewCase(HasTraits):
         outputs.update(seg_sop_instance_uids=[str(seg.SOPInstanceUID)], sr_sop_instance_uids=[str(sr.SOPInstanceUID)],
                        series_instance_uids=[str(seg.SeriesInstanceUID), str(sr.SeriesInstanceUID)])
         return outputs
+
+
+def _report_volumes(dicomweb: DICOMwebProtocol, study: str, sr_uids: list[str]) -> dict[str, float]:
+    """Segment volumes (mm³) of the model's SR; empty (and logged) when it cannot be read."""
+    if not sr_uids:
+        return {}
+    from ..report import read_sr
+
+    try:
+        return read_sr(find_instance(dicomweb, study, str(sr_uids[0])))
+    except (MedImgError, OSError) as exc:
+        log.warning("the model's SR could not be read: %s", type(exc).__name__)
+        return {}
 
 
 def _failure_message(exc: BaseException) -> str:
