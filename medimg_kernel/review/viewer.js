@@ -10,12 +10,14 @@
 //   coronal:  slice y, row nz - 1 - z, col x  (superior top)
 //   sagittal: slice x, row nz - 1 - z, col y  (superior top, anterior left)
 //
-// Messages to the kernel: {type: "ready"} on render;
+// Messages to the kernel: {type: "request_volume", load_id} after drawing a load's preview planes;
 //   {type: "stroke", view, slice, points: [[row, col], ...], radius, segment, erase} on mouse-up;
 //   {type: "fill", view, slice, point: [row, col], segment} on a fill click.
-// From the kernel: {type: "patch"} + buffers [uint32 flat indices, uint8 values];
-//   {type: "labels"} + buffers [uint8 labels].
-// Benchmark hooks: window.__medimgViewer = {sliceLatenciesMs, firstImageAt, loads}.
+// From the kernel: {type: "volume", load_id} + buffers [int16 image, uint8 labels];
+//   {type: "patch"} + buffers [uint32 flat indices, uint8 values];
+//   {type: "labels", load_id} + buffers [uint8 labels].
+// Benchmark hooks: window.__medimgViewer = {sliceLatenciesMs, firstImageAt, loads, renderAt, loadAt, volumeAt}
+// (performance.now() ms: first render; the latest load's start, first image and whole volume).
 
 const VIEWS = ["axial", "coronal", "sagittal"];
 const SLICE_AXIS = { axial: 0, coronal: 1, sagittal: 2 }; // index into cursor [z, y, x]
@@ -117,8 +119,9 @@ function el(tag, attrs = {}, parent = null) {
 }
 
 function render({ model, el: root }) {
+  perf.renderAt ??= performance.now();
   const st = {
-    image: null, labels: null, labelsSource: null, shape: [0, 0, 0], spacing: [1, 1, 1],
+    image: null, labels: null, complete: false, loadId: -1, shape: [0, 0, 0], spacing: [1, 1, 1],
     cursor: [0, 0, 0], window: model.get("window"), level: model.get("level"),
     grayLut: new Uint32Array(65536), segRgb: new Int32Array(256 * 3), segOn: new Uint8Array(256),
     alpha256: 128, pendingStamps: [], drawQueued: false, firstPending: false,
@@ -166,25 +169,48 @@ function render({ model, el: root }) {
   }
 
   // --- loading ---
+  // A load first draws the three preview planes of the widget state (written into otherwise empty
+  // volumes), then asks the kernel for the whole volume, which arrives as one binary message.
   function load() {
-    st.image = typed(model.get("_image"), Int16Array);
-    setLabels(model.get("_labels"));
+    perf.loadAt = performance.now();
+    st.loadId = model.get("_load_id");
     st.shape = model.get("shape");
     st.spacing = model.get("spacing");
     st.cursor = model.get("cursor").slice();
+    st.complete = false;
+    const [nz, ny, nx] = st.shape, plane = ny * nx;
+    const preview = model.get("_preview");
+    const sizes = [ny * nx, nz * nx, nz * ny];
+    const total = sizes[0] + sizes[1] + sizes[2];
+    if (!preview || preview.byteLength !== total * 3) { st.image = null; return; }
+    const bytes = ArrayBuffer.isView(preview) ? new Uint8Array(preview.buffer, preview.byteOffset, preview.byteLength) : new Uint8Array(preview);
+    const imgPlanes = new Int16Array(bytes.slice(0, total * 2).buffer); // a copy, aligned for int16
+    const labPlanes = bytes.subarray(total * 2);
+    const image = new Int16Array(nz * plane).fill(-1024), labels = new Uint8Array(nz * plane);
+    const [cz, cy, cx] = st.cursor;
+    let k = 0;
+    for (let i = 0; i < sizes[0]; i++, k++) { image[cz * plane + i] = imgPlanes[k]; labels[cz * plane + i] = labPlanes[k]; }
+    for (let z = 0; z < nz; z++) for (let x = 0; x < nx; x++, k++) { const idx = z * plane + cy * nx + x; image[idx] = imgPlanes[k]; labels[idx] = labPlanes[k]; }
+    for (let z = 0; z < nz; z++) for (let y = 0; y < ny; y++, k++) { const idx = z * plane + y * nx + cx; image[idx] = imgPlanes[k]; labels[idx] = labPlanes[k]; }
+    st.image = image;
+    st.labels = labels;
     for (const v of Object.values(views)) { v.zoom = 1; v.panX = 0; v.panY = 0; v.stale = true; v.imgData = null; }
     perf.firstImageAt = null;
+    perf.volumeAt = null;
     perf.loads += 1;
     st.firstPending = true;
     requestDraw();
+    model.send({ type: "request_volume", load_id: st.loadId });
   }
 
-  function setLabels(source) {
-    if (source === st.labelsSource) return; // the same transfer (show() changes _labels and _load_id)
-    st.labelsSource = source;
-    const lab = typed(source, Uint8Array);
-    st.labels = lab && new Uint8Array(lab); // own copy: previews and patches edit it
+  function receiveVolume(msg, buffers) {
+    if (msg.load_id !== st.loadId) return; // a previous case's volume, still in flight
+    st.image = typed(buffers[0], Int16Array);
+    st.labels = typed(buffers[1], Uint8Array);
+    st.complete = true;
+    perf.volumeAt = performance.now();
     markStale();
+    requestDraw();
   }
 
   // --- drawing ---
@@ -273,6 +299,7 @@ function render({ model, el: root }) {
 
   function updateStatus() {
     if (!st.image) { status.textContent = "no image"; return; }
+    if (!st.complete) { status.textContent = "loading the volume…"; return; }
     const v = st.focus, [n] = viewShape(v, st.shape);
     let text = `${v} ${st.cursor[SLICE_AXIS[v]] + 1}/${n}`;
     const h = st.hover;
@@ -289,6 +316,7 @@ function render({ model, el: root }) {
 
   // --- interaction ---
   function setSlice(viewName, delta, eventTime) {
+    if (!st.complete) return; // only the preview planes are here yet
     const axis = SLICE_AXIS[viewName];
     const n = st.shape[axis];
     const next = Math.max(0, Math.min(n - 1, st.cursor[axis] + delta));
@@ -313,6 +341,7 @@ function render({ model, el: root }) {
   }
 
   function moveCursorTo(p) {
+    if (!st.complete) return;
     const [rows, cols] = viewShape(p.view, st.shape).slice(1);
     const row = Math.max(0, Math.min(rows - 1, p.row)), col = Math.max(0, Math.min(cols - 1, p.col));
     const vox = viewToVoxel(p.view, st.cursor[SLICE_AXIS[p.view]], row, col, st.shape);
@@ -350,6 +379,8 @@ function render({ model, el: root }) {
       st.drag = { mode: "pan", v, x: e.clientX, y: e.clientY, panX: v.panX, panY: v.panY };
     } else if (e.button === 2) {
       st.drag = { mode: "wl", x: e.clientX, y: e.clientY, window: st.window, level: st.level };
+    } else if (e.button === 0 && tool !== "none" && !st.complete) {
+      // no editing on the preview planes
     } else if (e.button === 0 && (tool === "brush" || tool === "eraser")) {
       const s = st.cursor[SLICE_AXIS[v.name]];
       st.stroke = { type: "stroke", view: v.name, slice: s, points: [[p.row, p.col]], radius: model.get("brush_radius"),
@@ -493,7 +524,6 @@ function render({ model, el: root }) {
   // --- model events ---
   const on = (ev, fn) => { model.on(ev, fn); cleanups.push(() => model.off(ev, fn)); };
   on("change:_load_id", () => { rebuildSegments(); load(); });
-  on("change:_labels", () => { setLabels(model.get("_labels")); requestDraw(); });
   on("change:window change:level", () => { st.window = model.get("window"); st.level = model.get("level"); rebuildLut(); markStale(); requestDraw(); });
   on("change:segments change:opacity", () => { rebuildSegments(); buildToolbar(); markStale(); requestDraw(); });
   on("change:tool change:brush_radius change:active_segment change:window_presets", () => { buildToolbar(); requestDraw(); });
@@ -504,20 +534,20 @@ function render({ model, el: root }) {
     st.cursor = c.slice(); markStale(); requestDraw();
   });
   on("msg:custom", (msg, buffers) => {
-    if (msg.type === "patch" && st.labels) {
+    if (msg.type === "volume") receiveVolume(msg, buffers);
+    else if (msg.type === "patch" && st.labels) {
       const idx = typed(buffers[0], Uint32Array), val = typed(buffers[1], Uint8Array);
       for (let i = 0; i < idx.length; i++) st.labels[idx[i]] = val[i];
       markStale(); requestDraw();
-    } else if (msg.type === "labels") {
-      st.labels = new Uint8Array(typed(buffers[0], Uint8Array)); markStale(); requestDraw();
+    } else if (msg.type === "labels" && msg.load_id === st.loadId && st.complete) {
+      st.labels = typed(buffers[0], Uint8Array); markStale(); requestDraw();
     }
   });
 
   rebuildLut();
   rebuildSegments();
-  if (model.get("_image") && model.get("_image").byteLength) load();
+  if (model.get("_load_id") > 0) load();
   resize();
-  model.send({ type: "ready" });
   return () => { observer.disconnect(); clearTimeout(st.cursorTimer); for (const fn of cleanups) fn(); };
 }
 

@@ -55,8 +55,9 @@ class SliceViewer(anywidget.AnyWidget):
     _esm = Path(__file__).with_name("viewer.js")
     _css = Path(__file__).with_name("viewer.css")
 
-    _image = t.Bytes(b"").tag(sync=True)
-    _labels = t.Bytes(b"").tag(sync=True)
+    # The three planes through the cursor at load time (image int16 then labels uint8, each
+    # axial [ny, nx], coronal [nz, nx], sagittal [nz, ny]), so the first image needs no volume.
+    _preview = t.Bytes(b"").tag(sync=True)
     _load_id = t.Int(0).tag(sync=True)
     shape = t.Tuple(t.Int(), t.Int(), t.Int(), default_value=(0, 0, 0),
                     help="(nz, ny, nx) of the volume shown (read-only; set by show()).").tag(sync=True)
@@ -76,8 +77,8 @@ class SliceViewer(anywidget.AnyWidget):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self._image_np: np.ndarray | None = None
         self._labels_np: np.ndarray | None = None
-        self._patched = False
         self._edit_callbacks: list[EditCallback] = []
         self.on_msg(self._on_message)
 
@@ -86,7 +87,11 @@ class SliceViewer(anywidget.AnyWidget):
     def show(self, image: np.ndarray, spacing: Sequence[float], labels: np.ndarray | None = None,
              segments: Sequence[Mapping[str, Any]] | None = None, *,
              window_preset: str | None = "soft tissue") -> None:
-        """Load one case: one binary transfer of the image and labels to the browser.
+        """Load one case: one binary transfer of the image and labels to each browser view.
+
+        The widget's state carries only the three planes through the centre, which the browser
+        draws at once; each view then asks for the whole volume, which goes as one binary
+        message (image and current labels) while the planes are already on screen.
 
         Parameters
         ----------
@@ -110,14 +115,14 @@ class SliceViewer(anywidget.AnyWidget):
         img = np.clip(np.rint(image) if image.dtype.kind == "f" else image, -32768, 32767)
         img = np.ascontiguousarray(img, dtype="<i2")
         segs = _segment_list(segments, lab)
-        self._labels_np, self._patched = lab, False
+        self._image_np, self._labels_np = img, lab
+        cz, cy, cx = (n // 2 for n in img.shape)
         with self.hold_sync():
-            self._image = img.tobytes()
-            self._labels = lab.tobytes()
+            self._preview = b"".join(p.tobytes() for a in (img, lab) for p in (a[cz], a[:, cy, :], a[:, :, cx]))
             self.shape = tuple(int(n) for n in img.shape)
             self.spacing = tuple(float(s) for s in spacing)
             self.segments = segs
-            self.cursor = [img.shape[0] // 2, img.shape[1] // 2, img.shape[2] // 2]
+            self.cursor = [cz, cy, cx]
             if window_preset is not None:
                 self.set_window_preset(window_preset)
             self._load_id += 1
@@ -133,8 +138,8 @@ class SliceViewer(anywidget.AnyWidget):
     def set_labels(self, labels: np.ndarray) -> None:
         """Replace all labels (one binary transfer of the whole volume)."""
         lab = self._checked_labels(labels, tuple(self.shape))
-        self._labels_np, self._patched = lab, False
-        self._labels = lab.tobytes()
+        self._labels_np = lab
+        self.send({"type": "labels", "load_id": self._load_id}, buffers=[lab.tobytes()])
 
     def apply_patch(self, indices: np.ndarray, values: np.ndarray) -> None:
         """Set some voxels' labels in the browser (e.g. a :class:`Patch` from the model).
@@ -157,7 +162,6 @@ class SliceViewer(anywidget.AnyWidget):
         if not idx.size:
             return
         self._labels_np.reshape(-1)[idx] = val
-        self._patched = True
         self.send({"type": "patch", "count": int(idx.size)},
                   buffers=[idx.astype("<u4").tobytes(), val.astype(np.uint8).tobytes()])
 
@@ -181,10 +185,11 @@ class SliceViewer(anywidget.AnyWidget):
 
     def _on_message(self, _widget: Any, content: Mapping[str, Any], _buffers: list[Any]) -> None:
         kind = content.get("type")
-        if kind == "ready":
-            # A view rendered after patches: the synced _labels are stale, send the current ones.
-            if self._patched and self._labels_np is not None:
-                self.send({"type": "labels"}, buffers=[self._labels_np.tobytes()])
+        if kind == "request_volume":
+            # A view drew the preview planes of load `load_id` and wants the volume.
+            if content.get("load_id") == self._load_id and self._image_np is not None and self._labels_np is not None:
+                self.send({"type": "volume", "load_id": self._load_id},
+                          buffers=[memoryview(self._image_np).cast("B"), self._labels_np.tobytes()])
             return
         if kind not in ("stroke", "fill"):
             log.warning("viewer: ignoring unknown message type %r", kind)

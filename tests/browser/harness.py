@@ -146,11 +146,17 @@ def save_screenshot(page: Page, name: str) -> Path:
 
 
 def open_viewer(page: Page, url: str, timeout_s: float = 180.0) -> dict[str, float]:
-    """Open the dashboard and wait for the viewer's first image; times in ms since navigation."""
+    """Open the dashboard, wait for the viewer's first image and whole volume; ms since navigation.
+
+    Returns ``window.__medimgViewer``'s times (``firstImageAt``, ``volumeAt``, ``renderAt``,
+    ``loadAt``), ``timeOrigin`` (ms since the epoch) and ``domContentLoaded``.
+    """
     page.goto(url, wait_until="commit", timeout=timeout_s * 1000)
-    page.wait_for_function("window.__medimgViewer && window.__medimgViewer.firstImageAt !== null",
-                           timeout=timeout_s * 1000, polling=50)
-    return page.evaluate("({firstImageAt: window.__medimgViewer.firstImageAt, timeOrigin: performance.timeOrigin})")
+    page.wait_for_function("window.__medimgViewer && window.__medimgViewer.firstImageAt != null",
+                           timeout=timeout_s * 1000, polling=20)
+    page.wait_for_function("window.__medimgViewer.volumeAt != null", timeout=timeout_s * 1000, polling=20)
+    return page.evaluate("({...window.__medimgViewer, sliceLatenciesMs: undefined, timeOrigin: performance.timeOrigin,"
+                         " domContentLoaded: performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd})")
 
 
 def scroll_slices(page: Page, view: str, wheel: int, keys: int, pause_ms: float = 40.0) -> None:
