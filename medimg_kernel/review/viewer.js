@@ -16,7 +16,8 @@
 // From the kernel: {type: "volume", load_id} + buffers [int16 image, uint8 labels];
 //   {type: "patch"} + buffers [uint32 flat indices, uint8 values];
 //   {type: "labels", load_id} + buffers [uint8 labels].
-// Benchmark hooks: window.__medimgViewer = {sliceLatenciesMs, firstImageAt, loads, renderAt, loadAt, volumeAt}
+// Benchmark hooks: window.__medimgViewer = {sliceLatenciesMs, drawMs, firstImageAt, loads, renderAt, loadAt, volumeAt}
+// (drawMs: time spent drawing the frames that ended a slice change)
 // (performance.now() ms: first render; the latest load's start, first image and whole volume).
 
 const VIEWS = ["axial", "coronal", "sagittal"];
@@ -27,7 +28,7 @@ const ORIENT = {
   sagittal: ["S", "I", "A", "P"],
 };
 
-const perf = (window.__medimgViewer ||= { sliceLatenciesMs: [], firstImageAt: null, loads: 0 });
+const perf = (window.__medimgViewer ||= { sliceLatenciesMs: [], drawMs: [], firstImageAt: null, loads: 0 });
 
 // --- geometry (mirrors editing.py) ---------------------------------------------------------------
 
@@ -286,8 +287,10 @@ function render({ model, el: root }) {
     st.drawQueued = true;
     requestAnimationFrame(() => {
       st.drawQueued = false;
+      const start = performance.now();
       for (const name of VIEWS) draw(views[name]);
       const now = performance.now();
+      if (st.pendingStamps.length) perf.drawMs.push(now - start);
       for (const t0 of st.pendingStamps) perf.sliceLatenciesMs.push(now - t0);
       st.pendingStamps.length = 0;
       if (st.firstPending && st.image) { st.firstPending = false; perf.firstImageAt = now; }
@@ -419,7 +422,10 @@ function render({ model, el: root }) {
 
   function onPointerUp(v, e) {
     if (st.stroke) { model.send(st.stroke); st.stroke = null; }
-    if (st.drag && st.drag.mode === "wl") { model.set("window", st.window); model.set("level", st.level); model.save_changes(); }
+    if (st.drag && st.drag.mode === "wl") {
+      const { window: w, level: l } = st; // read both first: each set() re-reads the model's pair
+      model.set("window", w); model.set("level", l); model.save_changes();
+    }
     st.drag = null;
     if (v.canvas.hasPointerCapture(e.pointerId)) v.canvas.releasePointerCapture(e.pointerId);
   }

@@ -39,6 +39,8 @@ def label_counts(page: Page) -> dict[str, int]:
 
 def test_viewer_offline_scroll_and_paint(page: Page, voila_server: Callable[[Path], str]) -> None:
     urls = record_requests(page)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
     url = voila_server(NOTEBOOK)
     timing = open_viewer(page, url)
     assert timing["firstImageAt"] > 0
@@ -73,3 +75,4 @@ def test_viewer_offline_scroll_and_paint(page: Page, voila_server: Callable[[Pat
     save_screenshot(page, "viewer_demo")
 
     assert external_requests(urls) == [], "requests left the machine"
+    assert errors == [], "JavaScript errors on the page"
