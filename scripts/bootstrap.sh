@@ -2,7 +2,9 @@
 # Install everything the platform needs on a fresh Debian 12 machine. Idempotent: a second run
 # checks and returns in seconds. Run as root (or with sudo available for the apt step).
 #
-#   Debian packages : orthanc, orthanc-dicomweb (the PACS), dcmtk, dicom3tools (dciodvfy), redis-server
+#   Debian packages : orthanc, orthanc-dicomweb (the PACS), dcmtk, dicom3tools (dciodvfy), redis-server,
+#                     chromium (headless browser tests of the dashboards through pip's playwright,
+#                     which drives /usr/bin/chromium: `playwright install` is never run)
 #   npm             : configurable-http-proxy 5.3.0 (JupyterHub's proxy), into .venv/bin
 #   Python          : .venv with torch==2.13.0 (CPU build, installed first), then requirements.lock
 #
@@ -16,7 +18,7 @@ say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 
 # --- Debian packages -----------------------------------------------------------------------
-APT_PACKAGES=(orthanc orthanc-dicomweb dcmtk dicom3tools redis-server postgresql python3.11)
+APT_PACKAGES=(orthanc orthanc-dicomweb dcmtk dicom3tools redis-server postgresql python3.11 chromium)
 command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
