@@ -10,6 +10,8 @@ Authentication is JupyterHub's OAuth, through :class:`HubIdentityProvider`: Voil
 an identity provider's handlers (``/oauth_callback``, ``/logout``) without the server's prefix,
 so the subclass adds ``/user/<name>/``. Everything else comes from the environment the spawner
 sets (``JUPYTERHUB_SERVICE_URL``, ``JUPYTERHUB_SERVICE_PREFIX``, the API token, the OAuth client).
+Pages use the offline ``medimg`` template (:mod:`medimg_hub.voila_templates`): no request leaves
+the hub.
 """
 
 from __future__ import annotations
@@ -79,8 +81,16 @@ class HubVoila(Voila):
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: ``python -m medimg_hub.voila_app NOTEBOOK``."""
-    HubVoila.launch_instance(argv=list(argv) if argv is not None else sys.argv[1:])
+    """Entry point: ``python -m medimg_hub.voila_app NOTEBOOK``, rendered with the offline ``medimg`` template.
+
+    Voila finds templates only through ``JUPYTER_PATH`` (:mod:`medimg_hub.voila_templates`), so
+    it is set here, before Voila computes its paths.
+    """
+    from .voila_templates import TEMPLATE_NAME, jupyter_path_env
+
+    os.environ["JUPYTER_PATH"] = jupyter_path_env(os.environ.get("JUPYTER_PATH"))
+    args = list(argv) if argv is not None else sys.argv[1:]
+    HubVoila.launch_instance(argv=[f"--template={TEMPLATE_NAME}", *args])
 
 
 if __name__ == "__main__":

@@ -45,10 +45,11 @@ class ReviewApp(w.VBox):
         self.notice.add_class("medimg-notice")
         self.body = w.VBox([self.worklist_view])
         self.case_view: CaseView | None = None
-        title = w.HTML(f"{STYLE}<h2>Review worklist</h2><p>Signed in as <b>{html.escape(user)}</b></p>")
+        title = w.HTML(f"{STYLE}<p>Signed in as <b>{html.escape(user)}</b></p>")
         super().__init__([title, self.notice, self.body])
         self.add_class("medimg-review-app")
         self.worklist_view.refresh()
+        _preload()
 
     @classmethod
     def from_environment(cls) -> ReviewApp:
@@ -89,3 +90,8 @@ class ReviewApp(w.VBox):
         log.warning("%s", text)
         self.notice.value = f'<span style="color:#b00020">{html.escape(text)}</span>'
         self.show_worklist()
+
+
+def _preload() -> None:
+    """Import what opening a case needs (highdicom, pydicom's pixel handlers) before the first click."""
+    from .. import report, segmentation, series  # noqa: F401

@@ -1,6 +1,8 @@
 """The viewer dashboard's widgets for one case: the slice viewer, its tools and the decision panel.
 
-A view of :class:`~medimg_kernel.review.case.ReviewCase`: edits from the viewer go to the case
+A view of :class:`~medimg_kernel.review.case.ReviewCase`. The viewer brings its own toolbar
+(window presets, brush / eraser / fill and size, opacity, segment visibility and the segment
+painted); this panel adds undo / redo, volumes and Dice, and the decision. Edits from the viewer go to the case
 (which keeps the authoritative labels and the draft) and the case's patches go back to the
 viewer. Every edit is saved as a draft on the platform at once, so a reload loses nothing.
 """
@@ -17,7 +19,7 @@ from ..anatomy import get_segment_type
 from ..errors import MedImgError, UnknownSegmentTypeError
 from .case import ACCEPTED, CORRECTED, REJECTED, ReviewCase
 from .editing import Edit, Patch
-from .viewer import WINDOW_PRESETS, SliceViewer
+from .viewer import SliceViewer
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,8 @@ class CaseView(w.VBox):
         self.volumes = w.HTML()
         case.observe(lambda c: self._say(c["new"]), "message")
         case.observe(lambda _: self._sync_buttons(), ["can_undo", "can_redo", "state"])
-        super().__init__([self._header(), w.HBox([viewer, self._tools()]), self.message])
+        super().__init__([self._header(), w.HBox([viewer, self._tools()], layout=w.Layout(align_items="flex-start")),
+                          self.message])
         self.add_class("medimg-case")
         self._refresh_volumes()
         self._sync_buttons()
@@ -61,7 +64,7 @@ class CaseView(w.VBox):
             case.origin, case.origin.replace("proposal:", "the proposal of "))
         role = "You finalise this case." if case.can_finalise else (
             "Your decision is a proposal: an attending finalises it.")
-        back = w.Button(description="Worklist", icon="arrow-left")
+        back = w.Button(description="← Worklist")
         back.on_click(lambda _: self.close_case())
         text = w.HTML(f"<b>{html.escape(str(item.get('dataset')))}</b> · {html.escape(str(item.get('pipeline_id')))} · "
                       f"model {html.escape(str(item.get('model_name')))} v{html.escape(str(item.get('model_version')))}"
@@ -69,28 +72,9 @@ class CaseView(w.VBox):
         return w.HBox([back, text])
 
     def _tools(self) -> w.VBox:
-        viewer = self.viewer
-        seg_rows = []
-        for seg in self.segments:
-            box = w.Checkbox(value=True, description=seg["label"], indent=False, layout=w.Layout(width="140px"))
-            box.observe(lambda c, v=seg["value"]: self._set_visible(v, c["new"]), "value")
-            swatch = w.HTML(f'<span style="display:inline-block;width:14px;height:14px;background:{seg["color"]}">'
-                            "</span>")
-            seg_rows.append(w.HBox([swatch, box]))
-        self.active = w.Dropdown(description="Paint", options=[(s["label"], s["value"]) for s in self.segments],
-                                 layout=w.Layout(width="220px"))
-        w.link((self.active, "value"), (viewer, "active_segment"))
-        opacity = w.FloatSlider(description="Opacity", min=0, max=1, step=0.05, readout_format=".2f")
-        w.link((opacity, "value"), (viewer, "opacity"))
-        presets = w.ToggleButtons(options=list(WINDOW_PRESETS), value="soft tissue", style={"button_width": "74px"})
-        presets.observe(lambda c: c["new"] and viewer.set_window_preset(c["new"]), "value")
-        tool = w.ToggleButtons(options=[("View", "none"), ("Brush", "brush"), ("Eraser", "eraser"), ("Fill", "fill")],
-                               style={"button_width": "58px"})
-        w.link((tool, "value"), (viewer, "tool"))
-        size = w.IntSlider(description="Brush", min=0, max=20, value=viewer.brush_radius)
-        w.link((size, "value"), (viewer, "brush_radius"))
-        self.undo_button = w.Button(description="Undo", icon="undo", layout=w.Layout(width="90px"))
-        self.redo_button = w.Button(description="Redo", icon="repeat", layout=w.Layout(width="90px"))
+        """Undo/redo, volumes and Dice, and the decision (window, tools, segments are the viewer's own)."""
+        self.undo_button = w.Button(description="Undo", layout=w.Layout(width="90px"))
+        self.redo_button = w.Button(description="Redo", layout=w.Layout(width="90px"))
         self.undo_button.on_click(lambda _: self._history(self.case.undo))
         self.redo_button.on_click(lambda _: self._history(self.case.redo))
         self.reason = w.Text(placeholder="reason (required to reject)", layout=w.Layout(width="280px"))
@@ -103,8 +87,7 @@ class CaseView(w.VBox):
             button.add_class(f"medimg-decide-{decision}")
             button.layout.width = "280px"
             button.on_click(lambda _, d=decision: self.decide(d))
-        tools = w.VBox([w.HTML("<b>Segments</b>"), *seg_rows, self.active, opacity, w.HTML("<b>Window</b>"), presets,
-                        w.HTML("<b>Tool</b>"), tool, size, w.HBox([self.undo_button, self.redo_button]),
+        tools = w.VBox([w.HTML("<b>Edits</b>"), w.HBox([self.undo_button, self.redo_button]),
                         self.volumes, w.HTML("<b>Decision</b>"), self.reason, self.accept_button,
                         self.correct_button, self.reject_button], layout=w.Layout(width="310px", padding="0 0 0 8px"))
         tools.add_class("medimg-tools")
@@ -136,10 +119,6 @@ class CaseView(w.VBox):
             self.case.save_draft()
         except Exception as exc:  # noqa: BLE001 - the edit stays in the kernel; say so
             self._say(f"Your edit is applied but the draft could not be saved: {exc}", error=True)
-
-    def _set_visible(self, value: int, visible: bool) -> None:
-        self.segments = [{**s, "visible": visible} if s["value"] == value else s for s in self.segments]
-        self.viewer.segments = self.segments
 
     def decide(self, decision: str) -> None:
         """Decide the case (or propose); the outcome or the error is shown, never raised."""

@@ -61,7 +61,6 @@ def sign_in(browser: Browser, platform: ReviewPlatform, user: str) -> tuple[Page
 
 def open_first_case(page: Page) -> float:
     """Click "Open" on the first row; seconds until the viewer drew its first image."""
-    page.wait_for_function("() => true")
     started = page.evaluate("performance.now()")
     page.locator(".medimg-worklist-row .medimg-open-case").first.click()
     page.wait_for_function(f"window.__medimgViewer && window.__medimgViewer.firstImageAt > {started}",
@@ -70,8 +69,9 @@ def open_first_case(page: Page) -> float:
 
 
 def paint_stroke(page: Page) -> None:
-    """Brush a short horizontal stroke across the middle of the axial view."""
-    page.get_by_role("button", name="Brush", exact=True).click()
+    """Brush a short horizontal stroke across the middle of the axial view (the viewer's own brush tool)."""
+    page.wait_for_function("window.__medimgViewer.volumeAt >= window.__medimgViewer.loadAt", timeout=60_000)
+    page.locator(".medimg-viewer-tools button", has_text="brush").click()
     box = page.locator('canvas[data-view="axial"]').bounding_box()
     assert box is not None
     x0, y = box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.5
@@ -80,9 +80,9 @@ def paint_stroke(page: Page) -> None:
     for step in range(1, 11):
         page.mouse.move(x0 + step * 4, y)
     page.mouse.up()
-    undo = page.get_by_role("button", name="Undo")
-    undo.wait_for(state="visible")
-    page.wait_for_function("b => !b.disabled", arg=undo.element_handle(), timeout=60_000)
+    # the kernel applied the stroke (and saved the draft) when Undo becomes available
+    page.wait_for_function("() => [...document.querySelectorAll('.medimg-tools button')]"
+                           ".some(b => b.textContent.trim() === 'Undo' && !b.disabled)", timeout=60_000)
 
 
 def test_resident_proposes_attending_finalises(chromium_browser: Browser, platform: ReviewPlatform) -> None:
