@@ -94,6 +94,17 @@ def test_roles_grant_platform_access_only_with_the_service():
     assert with_service["admin"] == {"name": "admin", "groups": ["admins"]}
 
 
+def test_mlflow_is_for_engineers_directors_and_admins_only():
+    from medimg_hub.hubconf.roles import MLFLOW_ACCESS
+
+    assert all(MLFLOW_ACCESS not in r.get("scopes", []) for r in hub_roles(platform_service=True))
+    roles = {r["name"]: r for r in hub_roles(platform_service=True, mlflow_service=True)}
+    granted = {g for r in roles.values() if MLFLOW_ACCESS in r.get("scopes", []) for g in r.get("groups", [])}
+    assert granted == {"engineers", "directors", "admins"}
+    assert MLFLOW_ACCESS in roles["server"]["scopes"]  # kernels: only as far as their owner may
+    assert roles["mlflow-service"]["services"] == ["mlflow"]
+
+
 def test_profiles_follow_groups():
     assert [p.slug for p in profiles_for_groups(["engineers", "site-a"])] == ["engineer-gpu", "engineer-cpu"]
     assert [p.slug for p in profiles_for_groups(["residents"])] == ["clinician"]
