@@ -152,3 +152,22 @@ def test_kubespawner_profile_list_renders_and_loads():
     loaded = KubeSpawner._get_initialized_profile_list(None, rendered)
     assert KubeSpawner._get_profile(None, "engineer-gpu", loaded)["slug"] == "engineer-gpu"
     assert KubeSpawner._get_profile(None, None, loaded)["slug"] == "engineer-gpu"  # the default
+
+
+def test_lockout_survives_a_restart(tmp_path):
+    from medimg_hub.hubconf.auth import MedimgNativeAuthenticator
+
+    def authenticator():
+        return MedimgNativeAuthenticator(add_new_table=False, login_attempts_file=str(tmp_path / "attempts.sqlite"),
+                                         allowed_failed_logins=2, seconds_before_next_try=600)
+
+    before = authenticator()
+    before.add_login_attempt("eve")
+    before.add_login_attempt("eve")
+    before.add_login_attempt("bob")
+    assert before.is_blocked("eve")
+    after = authenticator()  # a restarted hub
+    assert after.is_blocked("eve") and not after.is_blocked("bob")
+    after.successful_login("bob")
+    assert "bob" not in authenticator().login_attempts
+    assert oct((tmp_path / "attempts.sqlite").stat().st_mode & 0o777) == "0o600"
