@@ -13,10 +13,10 @@ from pathlib import Path
 
 from medimg_hub.hubconf import GpuPool, HubState, hub_roles
 from medimg_hub.hubconf.auth import authenticator_config
-from medimg_hub.hubconf.roles import PLATFORM_SERVICE, ROLE_GROUPS
+from medimg_hub.hubconf.roles import MLFLOW_SERVICE, PLATFORM_SERVICE, ROLE_GROUPS
 from medimg_hub.hubconf.state import proxy_command
 from medimg_hub.hubconf.users import secure_state_dir
-from medimg_hub.settings import CONFIG_ENV_VAR, REPO_ROOT, load_settings
+from medimg_hub.settings import CONFIG_ENV_VAR, MLFLOW_PREFIX, REPO_ROOT, load_settings
 
 c = get_config()  # noqa: F821 - provided by JupyterHub when it loads this file
 log = logging.getLogger("medimg_hub.jupyterhub_config")
@@ -74,7 +74,7 @@ if hub.authenticator == "local":
 # provider (oidc, ldap) are managed by the authenticator instead.
 # ---------------------------------------------------------------------------------------------
 PLATFORM_API = importlib.util.find_spec("medimg_hub.platform_api") is not None
-c.JupyterHub.load_roles = hub_roles(platform_service=PLATFORM_API)
+c.JupyterHub.load_roles = hub_roles(platform_service=PLATFORM_API, mlflow_service=True)
 if hub.authenticator == "local":
     dataset_groups = {g for d in settings.datasets for g in (*d.read, *d.write, *d.review, *d.finalise)}
     c.JupyterHub.load_groups = {name: {} for name in sorted({*ROLE_GROUPS, *dataset_groups})}
@@ -102,6 +102,8 @@ USERS_VENV_PYTHON = REPO_ROOT / ".venv-users" / "bin" / "python"
 c.ProfileSpawnerMixin.user_python = hub.user_python or (
     str(USERS_VENV_PYTHON) if USERS_VENV_PYTHON.exists() else sys.executable)
 c.ProfileSpawnerMixin.dashboards_dir = str(REPO_ROOT / "dashboards")
+# Engineers' kernels track runs through the hub with their server's token (MLFLOW_TRACKING_TOKEN).
+c.ProfileSpawnerMixin.mlflow_tracking_uri = f"{PUBLIC_URL}{MLFLOW_PREFIX}"
 c.Spawner.ip = LOOPBACK
 c.Spawner.start_timeout = hub.spawn_timeout_s
 c.Spawner.http_timeout = hub.spawn_timeout_s
@@ -115,16 +117,25 @@ c.Spawner.environment = {
 c.JupyterHub.allow_named_servers = False
 
 # ---------------------------------------------------------------------------------------------
-# Services: the platform API (DICOMweb gateway + tasks API) at /services/platform/, started and
-# stopped by the hub, when its module is installed.
+# Services, started and stopped by the hub: the platform API (DICOMweb gateway + tasks API) at
+# /services/platform/ when its module is installed, and MLflow behind the hub's login at
+# /services/mlflow/ (medimg_hub.mlflow_proxy in front of the tracking server `medimg up` starts).
 # ---------------------------------------------------------------------------------------------
+SERVICE_ENV = {CONFIG_ENV_VAR: str(state.settings_file),
+               "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "hub")])}
+c.JupyterHub.services = [{
+    "name": MLFLOW_SERVICE,
+    "url": f"http://{LOOPBACK}:{hub.mlflow_proxy_port}",
+    "command": [sys.executable, "-m", "medimg_hub.mlflow_proxy", "--config", str(state.settings_file)],
+    "environment": SERVICE_ENV,
+    "oauth_no_confirm": True,
+}]
 if PLATFORM_API:
-    c.JupyterHub.services = [{
+    c.JupyterHub.services += [{
         "name": PLATFORM_SERVICE,
         "url": f"http://{LOOPBACK}:{hub.platform_api_port}",
         "command": [sys.executable, "-m", "medimg_hub.platform_api", "--config", str(state.settings_file)],
-        "environment": {CONFIG_ENV_VAR: str(state.settings_file),
-                        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "hub")])},
+        "environment": SERVICE_ENV,
         "oauth_no_confirm": True,
     }]
 else:

@@ -3,19 +3,33 @@
 SQLite backend under ``mlruns/`` (MLflow 3.17 disables the file store by default), artifacts
 served by the server itself (``--serve-artifacts``) so clients never write to their own disk,
 one worker and no job execution (~0.45 GB instead of ~1.8 GB, DESIGN.md §6). MLflow has no
-login that knows the hub: it listens on 127.0.0.1 and reaches people through the hub (#4).
+login that knows the hub: it listens on 127.0.0.1 and reaches people through the hub's MLflow
+service (:mod:`medimg_hub.mlflow_proxy`) at ``/services/mlflow``. The server answers below that
+same path (``--static-prefix``, no trailing slash), so the proxy forwards paths unchanged, and it
+accepts only the Host headers people use for the hub (``--allowed-hosts``).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
 import requests
 
 from .process import ManagedProcess, ServiceError, port_in_use
-from .settings import Settings
+from .settings import MLFLOW_PREFIX, Settings
+
+
+def allowed_hosts(settings: Settings) -> list[str]:
+    """``--allowed-hosts``: loopback, this machine's names and ``[mlflow] allowed_hosts``.
+
+    The list replaces MLflow's defaults; each name is allowed bare and with any port.
+    """
+    names = ["127.0.0.1", "localhost", socket.gethostname(), socket.getfqdn(), *settings.mlflow.allowed_hosts]
+    unique = list(dict.fromkeys(n for n in names if n))
+    return [entry for name in unique for entry in (name, f"{name}:*")]
 
 
 class MlflowServer:
@@ -35,6 +49,8 @@ class MlflowServer:
             "--serve-artifacts",
             "--host", "127.0.0.1", "--port", str(settings.mlflow.port),
             "--workers", "1",
+            "--static-prefix", MLFLOW_PREFIX,
+            "--allowed-hosts", ",".join(allowed_hosts(settings)),
         ]
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         self.process = ManagedProcess("mlflow", argv, settings.var_dir, ready=self.is_ready, url=self.url, env=env)

@@ -55,6 +55,11 @@ class PacsSettings:
     http_threads: int = 20
 
 
+#: Path of the MLflow service behind the hub (``/services/<name>``), and the tracking server's
+#: ``--static-prefix``: the server answers only below it.
+MLFLOW_PREFIX = "/services/mlflow"
+
+
 @dataclass(frozen=True)
 class MlflowSettings:
     """The MLflow tracking server and model registry (a platform service)."""
@@ -69,6 +74,9 @@ class MlflowSettings:
     #: Registered model the pipelines use, and the alias they load.
     registered_model: str = "organ-segmentation"
     model_alias: str = "champion"
+    #: Host names (without port) people reach the hub by, besides 127.0.0.1, localhost and this
+    #: machine's own names: the tracking server refuses other Host headers (``--allowed-hosts``).
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -138,6 +146,9 @@ class HubSettings:
     proxy_api_port: int = 8001
     #: The platform API (DICOMweb gateway + tasks API), a hub-managed service at /services/platform/.
     platform_api_port: int = 8090
+    #: The MLflow proxy (the hub's login in front of the tracking server), a hub-managed service
+    #: at /services/mlflow/.
+    mlflow_proxy_port: int = 8092
     #: "system-users": each user's server runs as their own OS account (LocalProcessSpawner; the
     #: isolation DESIGN.md §3 needs). "shared": one OS account for all (development and tests only).
     spawner: str = "system-users"
@@ -261,7 +272,12 @@ class Settings:
 
     @property
     def mlflow_tracking_uri(self) -> str:
-        return f"http://127.0.0.1:{self.mlflow.port}"
+        """The tracking server on loopback, for hub-side processes (workers, federation).
+
+        The server serves everything below :data:`MLFLOW_PREFIX` (``--static-prefix``), the path
+        the hub's proxy gives the MLflow service, so one path works on both sides of the proxy.
+        """
+        return f"http://127.0.0.1:{self.mlflow.port}{MLFLOW_PREFIX}"
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values for display (paths as strings)."""

@@ -30,7 +30,7 @@ from tornado.websocket import websocket_connect
 from medimg_hub.demo_users import ensure_demo_users
 from medimg_hub.hub_service import JupyterHubServer
 from medimg_hub.process import free_port
-from medimg_hub.settings import HubSettings, PlatformSettings, Settings, dump_settings, load_settings
+from medimg_hub.settings import HubSettings, MlflowSettings, PlatformSettings, Settings, dump_settings, load_settings
 
 VENV_SITE = Path(sysconfig.get_paths()["purelib"])  # the site-packages of the interpreter running the tests
 
@@ -72,12 +72,17 @@ def user_readable_python(root: Path) -> str:
 
 @contextmanager
 def running_hub(root: Path, **hub_overrides: object) -> Iterator[Hub]:
-    """Start a hub with ``HubSettings(**hub_overrides)`` on free ports under ``root``; stop it after."""
-    port, api_port, proxy_api_port, platform_port = _free_ports(4)
+    """Start a hub with ``HubSettings(**hub_overrides)`` on free ports under ``root``; stop it after.
+
+    MLflow's settings get a free port too (the hub's MLflow service forwards there; tests that
+    use it start the tracking server with :class:`medimg_hub.mlflow_service.MlflowServer`).
+    """
+    port, api_port, proxy_api_port, platform_port, mlflow_proxy_port, mlflow_port = _free_ports(6)
     hub_settings = dataclasses.replace(HubSettings(), port=port, api_port=api_port, proxy_api_port=proxy_api_port,
-                                       platform_api_port=platform_port, **hub_overrides)
+                                       platform_api_port=platform_port, mlflow_proxy_port=mlflow_proxy_port,
+                                       **hub_overrides)
     built = dataclasses.replace(Settings(), platform=PlatformSettings(var_dir=root / "var", start_timeout_s=60.0),
-                                hub=hub_settings)
+                                hub=hub_settings, mlflow=MlflowSettings(port=mlflow_port))
     settings = load_settings(dump_settings(built, root / "settings.toml"))
     passwords = ensure_demo_users(settings)
     server = JupyterHubServer(settings)

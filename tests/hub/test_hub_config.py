@@ -94,6 +94,17 @@ def test_roles_grant_platform_access_only_with_the_service():
     assert with_service["admin"] == {"name": "admin", "groups": ["admins"]}
 
 
+def test_mlflow_is_for_engineers_directors_and_admins_only():
+    from medimg_hub.hubconf.roles import MLFLOW_ACCESS
+
+    assert all(MLFLOW_ACCESS not in r.get("scopes", []) for r in hub_roles(platform_service=True))
+    roles = {r["name"]: r for r in hub_roles(platform_service=True, mlflow_service=True)}
+    granted = {g for r in roles.values() if MLFLOW_ACCESS in r.get("scopes", []) for g in r.get("groups", [])}
+    assert granted == {"engineers", "directors", "admins"}
+    assert MLFLOW_ACCESS in roles["server"]["scopes"]  # kernels: only as far as their owner may
+    assert roles["mlflow-service"]["services"] == ["mlflow"]
+
+
 def test_profiles_follow_groups():
     assert [p.slug for p in profiles_for_groups(["engineers", "site-a"])] == ["engineer-gpu", "engineer-cpu"]
     assert [p.slug for p in profiles_for_groups(["residents"])] == ["clinician"]
@@ -141,3 +152,22 @@ def test_kubespawner_profile_list_renders_and_loads():
     loaded = KubeSpawner._get_initialized_profile_list(None, rendered)
     assert KubeSpawner._get_profile(None, "engineer-gpu", loaded)["slug"] == "engineer-gpu"
     assert KubeSpawner._get_profile(None, None, loaded)["slug"] == "engineer-gpu"  # the default
+
+
+def test_lockout_survives_a_restart(tmp_path):
+    from medimg_hub.hubconf.auth import MedimgNativeAuthenticator
+
+    def authenticator():
+        return MedimgNativeAuthenticator(add_new_table=False, login_attempts_file=str(tmp_path / "attempts.sqlite"),
+                                         allowed_failed_logins=2, seconds_before_next_try=600)
+
+    before = authenticator()
+    before.add_login_attempt("eve")
+    before.add_login_attempt("eve")
+    before.add_login_attempt("bob")
+    assert before.is_blocked("eve")
+    after = authenticator()  # a restarted hub
+    assert after.is_blocked("eve") and not after.is_blocked("bob")
+    after.successful_login("bob")
+    assert "bob" not in authenticator().login_attempts
+    assert oct((tmp_path / "attempts.sqlite").stat().st_mode & 0o777) == "0o600"

@@ -7,6 +7,7 @@ so the config file applies them and the tests check them without a network.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,12 @@ from nativeauthenticator import handlers as native_handlers
 from tornado.escape import url_escape
 from tornado.httputil import url_concat
 from traitlets import Dict as DictTrait
+from traitlets import Unicode
 
 from medimg_kernel.errors import ConfigurationError
 
 from ..settings import HubSettings, Settings
+from .lockout import LoginAttemptStore
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,34 @@ class NativeLoginHandler(native_handlers.LoginHandler):
 
 
 class MedimgNativeAuthenticator(NativeAuthenticator):
-    """NativeAuthenticator with the JupyterHub 6 compatible login handler."""
+    """NativeAuthenticator with the JupyterHub 6 compatible login handler, and failed-login
+    counters kept in ``login_attempts_file`` so a lockout survives a hub restart."""
+
+    login_attempts_file = Unicode(
+        "", help="SQLite file of the failed-login counters (empty: in memory only, lost on restart).",
+    ).tag(config=True)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._attempt_store = LoginAttemptStore(Path(self.login_attempts_file)) if self.login_attempts_file else None
+        if self._attempt_store is not None:
+            self.login_attempts = self._attempt_store.load()
+
+    def _persist_attempts(self, username: str) -> None:
+        if self._attempt_store is None:
+            return
+        try:
+            self._attempt_store.save(username, self.login_attempts.get(username))
+        except sqlite3.Error as exc:  # the in-memory counter still applies until a restart
+            log.error("failed-login counter of a user not saved: %s", type(exc).__name__)
+
+    def add_login_attempt(self, username: str) -> None:
+        super().add_login_attempt(username)
+        self._persist_attempts(username)
+
+    def successful_login(self, username: str) -> None:
+        super().successful_login(username)
+        self._persist_attempts(username)
 
     def get_handlers(self, app: Any) -> list[tuple[str, type]]:
         return [(path, NativeLoginHandler if path == r"/login" else handler)
@@ -89,9 +119,11 @@ class GroupMappingLDAPAuthenticator(LDAPAuthenticator):
         return model
 
 
-def native_config(hub: HubSettings) -> tuple[str, dict[str, Any]]:
-    """NativeAuthenticator: bcrypt-hashed passwords in the hub database, lockout, admin approval."""
+def native_config(hub: HubSettings, attempts_file: Path | None = None) -> tuple[str, dict[str, Any]]:
+    """NativeAuthenticator: bcrypt-hashed passwords in the hub database, lockout (counters in
+    ``attempts_file``, kept across restarts), admin approval."""
     return "medimg_hub.hubconf.auth.MedimgNativeAuthenticator", {
+        "login_attempts_file": str(attempts_file) if attempts_file else "",
         "enable_signup": hub.signup,
         "open_signup": False,  # sign-ups wait for an admin at /hub/authorize
         "allowed_failed_logins": hub.lockout_attempts,
@@ -160,4 +192,4 @@ def authenticator_config(settings: Settings) -> tuple[str, dict[str, Any]]:
         return oidc_config(settings)
     if kind == "ldap":
         return ldap_config(settings.hub)
-    return native_config(settings.hub)
+    return native_config(settings.hub, settings.var_dir / "hub" / "login-attempts.sqlite")

@@ -24,6 +24,15 @@ PLATFORM_SERVICE = "platform"
 #: The scope that lets a token reach the platform API (gateway + tasks API).
 PLATFORM_ACCESS = f"access:services!service={PLATFORM_SERVICE}"
 
+MLFLOW_SERVICE = "mlflow"
+#: The scope that lets a browser session or token reach MLflow through the hub (/services/mlflow).
+MLFLOW_ACCESS = f"access:services!service={MLFLOW_SERVICE}"
+#: Who may use MLflow (read and write): engineers track runs, directors look at them, admins
+#: manage the registry. Clinicians are refused; the MLflow proxy checks these groups again.
+MLFLOW_GROUPS: tuple[str, ...] = (ENGINEERS, DIRECTORS, ADMINS)
+#: What a service needs to tell who is calling: names and groups of users.
+IDENTITY_SCOPES: tuple[str, ...] = ("read:users:name", "read:users:groups", "read:groups:name")
+
 #: What every hub user may do: start, stop and use their own server, read their own model.
 #: (Replaces JupyterHub's default ``user`` role, ``self``, which also lets users create tokens.)
 USER_SCOPES: tuple[str, ...] = (
@@ -34,7 +43,7 @@ USER_SCOPES: tuple[str, ...] = (
 )
 
 
-def hub_roles(*, platform_service: bool) -> list[dict[str, Any]]:
+def hub_roles(*, platform_service: bool, mlflow_service: bool = False) -> list[dict[str, Any]]:
     """``c.JupyterHub.load_roles`` for the platform.
 
     Parameters
@@ -42,30 +51,41 @@ def hub_roles(*, platform_service: bool) -> list[dict[str, Any]]:
     platform_service
         Whether the ``platform`` service is configured; its scopes are only granted then
         (JupyterHub refuses roles naming an unknown service).
+    mlflow_service
+        Whether the ``mlflow`` service (:mod:`medimg_hub.mlflow_proxy`) is configured; the same
+        rule applies to its scopes.
 
     Returns
     -------
     list of dict
         Role definitions: the default ``user`` role narrowed to the user's own server, one role
-        per role group, the server token's role, and the platform service's role.
+        per role group, the server token's role, and the services' roles.
     """
     platform = [PLATFORM_ACCESS] if platform_service else []
+    mlflow = [MLFLOW_ACCESS] if mlflow_service else []
     roles: list[dict[str, Any]] = [
         {"name": "user", "description": "Every user: their own server only.", "scopes": list(USER_SCOPES)},
         {"name": "engineer", "description": "Engineers: the platform API and API tokens for scripts.",
          "scopes": ["tokens!user"], "groups": [ENGINEERS]},
         {"name": "admin", "groups": [ADMINS]},  # JupyterHub's built-in admin role (scopes fixed)
         # The token a user's server (and kernel) holds: JupyterHub's defaults plus the platform
-        # API. A token never gets more than its owner has, so clinicians' dashboards reach the
-        # platform only through the role below.
+        # API and MLflow. A token never gets more than its owner has, so clinicians' dashboards
+        # reach the platform only through the role below, and MLflow not at all.
         {"name": "server", "description": "The API token of a user's server.",
-         "scopes": ["users:activity!user", "access:servers!server", *platform]},
+         "scopes": ["users:activity!user", "access:servers!server", *platform, *mlflow]},
     ]
     if platform_service:
         roles += [
             {"name": "platform-user", "description": "Reach the platform API (worklists, dashboards, DICOMweb).",
              "scopes": platform, "groups": [ENGINEERS, RESIDENTS, ATTENDINGS, DIRECTORS]},
             {"name": "platform-service", "description": "The platform API: who is asking, and their groups.",
-             "scopes": ["read:users:name", "read:users:groups", "read:groups:name"], "services": [PLATFORM_SERVICE]},
+             "scopes": list(IDENTITY_SCOPES), "services": [PLATFORM_SERVICE]},
+        ]
+    if mlflow_service:
+        roles += [
+            {"name": "mlflow-user", "description": "Use MLflow (UI and API) through the hub.",
+             "scopes": mlflow, "groups": list(MLFLOW_GROUPS)},
+            {"name": "mlflow-service", "description": "The MLflow proxy: who is asking, and their groups.",
+             "scopes": list(IDENTITY_SCOPES), "services": [MLFLOW_SERVICE]},
         ]
     return roles

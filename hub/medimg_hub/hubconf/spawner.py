@@ -58,6 +58,10 @@ class ProfileSpawnerMixin(Configurable):
     gpu_pool = Instance(GpuPool, allow_none=True, help="The machine's GPU pool, shared by all spawners.").tag(config=True)
     user_python = Unicode(help="Python interpreter of users' servers; empty = the hub's.").tag(config=True)
     dashboards_dir = Unicode(help="Folder of the Voila dashboards (absolute).").tag(config=True)
+    mlflow_tracking_uri = Unicode(
+        "", help="MLflow behind the hub (e.g. http://hub:8000/services/mlflow), given to JupyterLab servers' "
+                 "kernels as MLFLOW_TRACKING_URI with the server's token as MLFLOW_TRACKING_TOKEN; empty = none.",
+    ).tag(config=True)
     gpu_device = Unicode("", help="The CUDA device id this server holds ('' = none).")
     profile_slug = Unicode("", help="The profile this server was started with.")
 
@@ -149,6 +153,19 @@ class ProfileSpawnerMixin(Configurable):
         if self.gpu_pool is not None:
             self.gpu_pool.release(self._gpu_owner)
         self.gpu_device = ""
+
+    def get_env(self) -> dict[str, str]:
+        """The server's environment; JupyterLab servers also get MLflow's URL and their token for it.
+
+        The token is the server's own (``JUPYTERHUB_API_TOKEN``): the MLflow client sends it as a
+        Bearer token, and it reaches MLflow only if its owner may (role ``mlflow-user``).
+        """
+        env: dict[str, str] = super().get_env()  # type: ignore[misc]
+        profile = next((p for p in PROFILES if p.slug == self.profile_slug), None)
+        if self.mlflow_tracking_uri and profile is not None and profile.kind == "lab":
+            env["MLFLOW_TRACKING_URI"] = self.mlflow_tracking_uri
+            env["MLFLOW_TRACKING_TOKEN"] = env.get("JUPYTERHUB_API_TOKEN", "")
+        return env
 
     @staticmethod
     def _default_python() -> str:

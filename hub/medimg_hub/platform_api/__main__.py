@@ -41,6 +41,7 @@ async def serve(config: str | None) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     server.stop()
+    await context.orthanc.close()
     context.audit_executor.shutdown(wait=True)  # every pending audit record written
     context.executor.shutdown(wait=False, cancel_futures=True)
     log.info("platform API stopped")

@@ -107,10 +107,17 @@ class HubIdentities:
         kind = str(model.get("kind", "user"))
         if kind != "user":
             return Identity(str(model["name"]), kind, (), False, scopes)
-        groups, admin = await self._groups_of(str(model["name"]))
+        groups, admin = await self.groups_of(str(model["name"]))
         return Identity(str(model["name"]), kind, groups, admin, scopes)
 
-    async def _groups_of(self, name: str) -> tuple[tuple[str, ...], bool]:
+    async def groups_of(self, name: str) -> tuple[tuple[str, ...], bool]:
+        """A user's hub groups (sorted) and admin flag, asked with the service's own token.
+
+        Raises
+        ------
+        AuthFailure
+            401 if the hub does not know the user.
+        """
         hit = self._groups.get(name)
         if hit and time.monotonic() - hit[0] < self._groups_ttl_s:
             return hit[1], hit[2]

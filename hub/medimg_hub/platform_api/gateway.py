@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from contextlib import aclosing
 from typing import Any
 
 from tornado.iostream import StreamClosedError
@@ -179,10 +180,11 @@ class DicomWebHandler(PlatformHandler):
         for name, value in headers.items():
             self.set_header(name, value)
         try:
-            async for chunk in chunks:
-                self.write(chunk)
-                self.bytes_out += len(chunk)
-                await self.flush()
+            async with aclosing(chunks):  # the Orthanc connection is released even if the caller leaves
+                async for chunk in chunks:
+                    self.write(chunk)
+                    self.bytes_out += len(chunk)
+                    await self.flush()  # back-pressure: read on from Orthanc only as fast as the caller reads
         except StreamClosedError:
             self.audit_fields["detail"] = "caller closed the connection"
 
