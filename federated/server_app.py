@@ -69,7 +69,8 @@ class TrackedFedProx(TrackedMixin, FedProx):
 
 def build_strategy(settings: RunSettings, tracker: FederatedTracker) -> Strategy:
     """The run config's strategy, wrapped in a DP fixed-clipping strategy when ``dp`` is set."""
-    common = {"fraction_train": 1.0, "fraction_evaluate": 1.0, "min_train_nodes": settings.min_nodes,
+    common = {"fraction_train": settings.fraction, "fraction_evaluate": settings.fraction,
+              "min_train_nodes": settings.min_nodes,
               "min_evaluate_nodes": settings.min_nodes, "min_available_nodes": settings.min_nodes}
     inner: TrackedMixin
     if settings.strategy == "fedprox":

@@ -45,6 +45,7 @@ class RunSettings:
     strategy: str = "fedavg"          # fedavg | fedprox
     proximal_mu: float = 0.01
     min_nodes: int = 2                # fewer than all sites: a lost site must not stall the run
+    fraction: float = 1.0             # of the online sites, asked to train and evaluate each round
     expected_nodes: int = 3
     round_timeout: float = 600.0      # replies later than this are dropped (the site is reported)
     model_config: str = ""            # SegmentationModelConfig overrides as JSON; "" = defaults

@@ -2,7 +2,7 @@
 
 Every process is a :class:`~medimg_hub.process.ManagedProcess` on 127.0.0.1 with explicit
 ports (the SuperLink's default, 8000, is JupyterHub's). ``medimg fl up`` starts them,
-``medimg fl run`` submits the app with ``flwr run federated medimg``, ``medimg fl down``
+``medimg fl run`` (:mod:`medimg_hub.federation_platform`) submits the app with ``flwr run federated medimg``, ``medimg fl down``
 stops them (with everything they spawned: SuperExec, ServerApp and ClientApp processes).
 
 Layout under ``var/flower/``: ``home/config.toml`` (the private ``FLWR_HOME`` with the
@@ -253,46 +253,6 @@ class Federation:
         return log_file
 
 
-# -- what `medimg fl up | run | down` call (the CLI is wired by the platform) ------------------------
-
-#: Defaults proposed for a ``[federation]`` settings section (not in settings.py yet).
-DEFAULT_SUPERLINK_PORT = 9092
-DEFAULT_FIRST_NODE_PORT = 9094
-
-
-def platform_federation(var_dir: Path, sites: Mapping[str, Mapping[str, str]], *,
-                        superlink_port: int = DEFAULT_SUPERLINK_PORT, first_node_port: int = DEFAULT_FIRST_NODE_PORT,
-                        tls: bool = True, auth: bool = True) -> Federation:
-    """The platform's federation: one SuperNode per entry of ``sites`` (site → node config).
-
-    For the one-machine demo every site shares the platform PACS; give each node
-    ``{"dicomweb-url": pacs.dicomweb_url, "credentials-file": str(pacs.secret_file),
-    "qido-filter": "PatientID=SITEA*"}`` so each reads only its own studies. Ports are
-    ``superlink_port`` and ``first_node_port + i``; the same arguments find the same processes
-    again (pid files under ``var/run``), so ``down`` works from a new process.
-    """
-    nodes = [SiteNode(site, dict(config), first_node_port + i) for i, (site, config) in enumerate(sites.items())]
-    return Federation(Path(var_dir), superlink_port, nodes, tls=tls, auth=auth)
-
-
-def fl_up(federation: Federation) -> dict[str, str]:
-    """Start the federation (idempotent) and wait for its nodes; ``{process: url}`` for status output."""
-    federation.up()
-    federation.wait_online(len(federation.sites))
-    return {federation.superlink.name: federation.superlink.url,
-            **{p.name: p.url for p in federation.nodes.values()}}
-
-
-def fl_run(federation: Federation, run_config: Mapping[str, Any], *, timeout_s: float = 7200.0) -> Path:
-    """Run the app on a started federation; the ``flwr run`` log file."""
-    return federation.run(run_config, timeout_s=timeout_s)
-
-
-def fl_down(federation: Federation) -> None:
-    """Stop every federation process."""
-    federation.down()
-
-
 def toml_value(value: Any) -> str:
     """A TOML literal for a run-config value (bool, int, float, str)."""
     if isinstance(value, bool):
@@ -372,5 +332,4 @@ def _running(pid: int) -> bool:
 
 
 __all__ = ["CONNECTION", "APP_DIR", "FLOWER_ENV", "FederationError", "SiteNode", "Federation", "stop_tree",
-           "app_run_config", "toml_value", "platform_federation", "fl_up", "fl_run", "fl_down",
-           "DEFAULT_SUPERLINK_PORT", "DEFAULT_FIRST_NODE_PORT"]
+           "app_run_config", "toml_value"]
