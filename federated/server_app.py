@@ -9,10 +9,12 @@ pipelines load (``organ-segmentation``) with the run config's alias.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
+from flwr.supercore.run import Run
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideFixedClipping, DifferentialPrivacyServerSideFixedClipping, FedAvg, FedProx,
     Strategy,
@@ -23,6 +25,48 @@ from task import ConfigurationError, FederatedTracker, RunSettings, from_record,
 logger = logging.getLogger(__name__)
 
 app = ServerApp()
+
+#: Seconds between pulls for replies (Flower 1.41's deployed Grid sleeps 3 s between pulls).
+REPLY_POLL_S = 0.25
+
+
+class PromptGrid(Grid):
+    """Flower's Grid, collecting replies every :data:`REPLY_POLL_S` seconds instead of every 3 s."""
+
+    def __init__(self, grid: Grid) -> None:
+        self.grid = grid
+
+    def set_run(self, run: Run) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self.grid.run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        waiting = set(self.grid.push_messages(messages))
+        deadline = time.monotonic() + (timeout or 0.0)
+        replies: list[Message] = []
+        while waiting and (timeout is None or time.monotonic() < deadline):
+            found = list(self.grid.pull_messages(waiting))
+            replies += found
+            waiting -= {m.metadata.reply_to_message_id for m in found}
+            if waiting:
+                time.sleep(REPLY_POLL_S)
+        return replies
 
 
 class TrackedMixin:
@@ -69,7 +113,8 @@ class TrackedFedProx(TrackedMixin, FedProx):
 
 def build_strategy(settings: RunSettings, tracker: FederatedTracker) -> Strategy:
     """The run config's strategy, wrapped in a DP fixed-clipping strategy when ``dp`` is set."""
-    common = {"fraction_train": 1.0, "fraction_evaluate": 1.0, "min_train_nodes": settings.min_nodes,
+    common = {"fraction_train": settings.fraction, "fraction_evaluate": settings.fraction,
+              "min_train_nodes": settings.min_nodes,
               "min_evaluate_nodes": settings.min_nodes, "min_available_nodes": settings.min_nodes}
     inner: TrackedMixin
     if settings.strategy == "fedprox":
@@ -120,4 +165,4 @@ def run_federation(grid: Grid, settings: RunSettings) -> None:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Entry point: run config → :func:`run_federation`."""
-    run_federation(grid, RunSettings.from_run_config(context.run_config))
+    run_federation(PromptGrid(grid), RunSettings.from_run_config(context.run_config))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message
 
 from medimg_kernel.errors import ConfigurationError
 from medimg_kernel.federated import (
@@ -22,6 +22,7 @@ from medimg_kernel.federated import (
 )
 from medimg_kernel.federated_tracking import FederatedTracker
 from medimg_kernel.model import SegmentationModelConfig, build_network
+from site_worker import SiteReply, WorkRequest
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class RunSettings:
     strategy: str = "fedavg"          # fedavg | fedprox
     proximal_mu: float = 0.01
     min_nodes: int = 2                # fewer than all sites: a lost site must not stall the run
+    fraction: float = 1.0             # of the online sites, asked to train and evaluate each round
     expected_nodes: int = 3
     round_timeout: float = 600.0      # replies later than this are dropped (the site is reported)
     model_config: str = ""            # SegmentationModelConfig overrides as JSON; "" = defaults
@@ -103,53 +105,49 @@ def initial_arrays(settings: RunSettings) -> ArrayRecord:
 # --- ClientApp side -------------------------------------------------------------------------------
 
 
-def _refusal(message: Message, code: int, reason: str) -> Message:
-    logger.warning("%s", reason)
-    return Message(Error(code=code, reason=reason), reply_to=message)
-
-
-def _site_work(message: Message, context: Context) -> tuple[RunSettings, SiteConfig, SegmentationModelConfig,
-                                                            Any, Any]:
-    settings = RunSettings.from_run_config(context.run_config)
-    site = SiteConfig.from_node_config(context.node_config)
-    config = settings.segmentation_config(str(context.node_config.get("model-config", "")))
-    record = next(iter(message.content.array_records.values()))
-    network = network_from_arrays(config, from_record(record), site=site.site)
+def _site_work(request: WorkRequest) -> tuple[RunSettings, SiteConfig, SegmentationModelConfig, Any, Any]:
+    settings = RunSettings.from_run_config(request.run_config)
+    site = SiteConfig.from_node_config(request.node_config)
+    config = settings.segmentation_config(str(request.node_config.get("model-config", "")))
+    network = network_from_arrays(config, request.arrays, site=site.site)
     data = load_site_data(site, config, type_id=settings.type_id, holdout_fraction=settings.holdout_fraction)
     return settings, site, config, network, data
 
 
-def _reply(message: Message, site: str, metrics: Mapping[str, float], arrays: ArrayRecord | None) -> Message:
-    content = RecordDict({"metrics": MetricRecord(dict(metrics)), "site": ConfigRecord({"site": site})})
-    if arrays is not None:
-        content["arrays"] = arrays
-    return Message(content=content, reply_to=message)
+def _refusal(code: int, reason: str) -> SiteReply:
+    logger.warning("%s", reason)
+    return SiteReply(error_code=code, error_reason=reason)
 
 
-def handle_message(message: Message, context: Context, *, train: bool) -> Message:
-    """Train (``train=True``) or evaluate the received global model on this site's own data.
+def site_reply(request: WorkRequest) -> SiteReply:
+    """Train (``request.train``) or evaluate the received global model on this site's own data.
 
     Refusals are error replies with a reason the ServerApp logs and tracks: a site without
     finalised labels (:data:`NO_TRAINING_DATA`), weights that don't fit the local network
     (:data:`ARCHITECTURE_MISMATCH`), a bad node or run config (:data:`CONFIGURATION`).
     """
     try:
-        settings, site, config, network, data = _site_work(message, context)
-        sent = message.content.config_records.get("config", ConfigRecord())
-        server_round = int(sent.get("server-round", 0))
-        if not train:
-            return _reply(message, site.site, local_evaluate(network, data, config), None)
+        settings, site, config, network, data = _site_work(request)
+        server_round = int(request.sent_config.get("server-round", 0))
+        if not request.train:
+            return SiteReply(site.site, local_evaluate(network, data, config))
         metrics = local_train(network, data, config, epochs=settings.local_epochs, batch_size=settings.batch_size,
                               lr=round_learning_rate(settings.lr, server_round, settings.num_server_rounds),
-                              seed=settings.seed + 1000 * server_round + context.node_id % 997,
-                              proximal_mu=float(sent.get("proximal-mu", 0.0)), num_threads=settings.num_threads)
-        return _reply(message, site.site, metrics, to_record(state_arrays(network)))
+                              seed=settings.seed + 1000 * server_round + request.node_id % 997,
+                              proximal_mu=float(request.sent_config.get("proximal-mu", 0.0)),
+                              num_threads=settings.num_threads)
+        return SiteReply(site.site, metrics, state_arrays(network))
     except NoTrainingDataError as exc:
-        return _refusal(message, NO_TRAINING_DATA, str(exc))
+        return _refusal(NO_TRAINING_DATA, str(exc))
     except ArchitectureMismatchError as exc:
-        return _refusal(message, ARCHITECTURE_MISMATCH, str(exc))
+        return _refusal(ARCHITECTURE_MISMATCH, str(exc))
     except ConfigurationError as exc:
-        return _refusal(message, CONFIGURATION, f"site configuration: {exc}")
+        return _refusal(CONFIGURATION, f"site configuration: {exc}")
+
+
+def handle_message(message: Message, context: Context, *, train: bool) -> Message:
+    """:func:`site_reply` for a Flower message, in this process (no site worker)."""
+    return site_reply(WorkRequest.from_message(message, context, train=train)).to_message(message)
 
 
 # --- ServerApp side ---------------------------------------------------------------------------------
@@ -193,5 +191,5 @@ def _site_in(reason: str) -> str:
     return ""
 
 
-__all__ = ["ConfigurationError", "FederatedTracker", "RunSettings", "to_record", "from_record", "initial_arrays", "handle_message", "split_replies",
+__all__ = ["ConfigurationError", "FederatedTracker", "RunSettings", "to_record", "from_record", "initial_arrays", "handle_message", "site_reply", "split_replies",
            "NO_TRAINING_DATA", "ARCHITECTURE_MISMATCH", "CONFIGURATION", "TINY_MODEL"]

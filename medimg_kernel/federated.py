@@ -14,11 +14,13 @@ with :class:`ArchitectureMismatchError` before anything is loaded.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,8 +90,11 @@ class SiteConfig:
         if not self.qido_filter:
             return None
         filters = dict(part.split("=", 1) for part in self.qido_filter.split(",") if "=" in part)
-        found = client.search_for_series(search_filters=filters)
-        return list(dict.fromkeys(str(s["0020000D"]["Value"][0]) for s in found if "0020000D" in s))
+        # Matched here, not by the server: Orthanc 1.10 answers 0 series to a filter on a tag it does
+        # not index (InstitutionName) and to PatientID wildcards, but returns such tags as fields.
+        found = client.search_for_series(fields=[_tag(k) for k in filters])
+        return list(dict.fromkeys(str(s["0020000D"]["Value"][0]) for s in found
+                                  if "0020000D" in s and _matches(s, filters)))
 
     def open_client(self) -> DICOMwebProtocol:
         """A DICOMweb client on the site's own PACS or folder."""
@@ -100,6 +105,27 @@ class SiteConfig:
             raw = json.loads(Path(self.credentials_file).read_text())
             session.auth = (raw["username"], raw["password"])
         return connect(self.dicomweb_url, session=session)
+
+
+def _tag(keyword: str) -> str:
+    """``"InstitutionName"`` → ``"00080080"`` (a tag given as 8 hex digits is kept)."""
+    from pydicom.datadict import tag_for_keyword
+
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        if len(keyword) == 8 and all(c in "0123456789abcdefABCDEF" for c in keyword):
+            return keyword.upper()
+        raise ConfigurationError(f"qido-filter: {keyword!r} is not a DICOM keyword")
+    return f"{tag:08X}"
+
+
+def _matches(series: Mapping[str, Any], filters: Mapping[str, str]) -> bool:
+    """Whether a QIDO series answer has every filtered attribute, as value or ``*``/``?`` pattern."""
+    for keyword, pattern in filters.items():
+        values = series.get(_tag(keyword), {}).get("Value", [])
+        if not any(fnmatch.fnmatchcase(str(v), pattern) for v in values):
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -142,6 +168,12 @@ def load_site_data(site: SiteConfig, config: SegmentationModelConfig, *, type_id
                 len(held), len(skipped))
     _CACHE[key] = found
     return found
+
+
+def clear_site_cache() -> None:
+    """Forget every site's cached pairs and resampled items (a long-lived worker, at a new run)."""
+    _CACHE.clear()
+    _ITEMS.clear()
 
 
 # --- weights --------------------------------------------------------------------------------------
@@ -241,5 +273,6 @@ def local_evaluate(network: torch.nn.Module, data: SiteData, config: Segmentatio
 
 
 __all__ = ["ArchitectureMismatchError", "NoTrainingDataError", "SiteConfig", "SiteData", "load_site_data",
+           "clear_site_cache",
            "state_arrays", "load_state_arrays", "network_from_arrays", "round_learning_rate", "local_train",
            "local_evaluate"]

@@ -18,6 +18,8 @@ from typing import Any
 
 from medimg_kernel.errors import ConfigurationError
 
+from .settings_federation import FederationSettings, validate_federation
+
 #: The repository root (``hub/medimg_hub/settings.py`` → three levels up).
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_FILE = REPO_ROOT / "medimg.toml"
@@ -247,6 +249,7 @@ class Settings:
     hub: HubSettings = field(default_factory=HubSettings)
     datasets: tuple[DatasetSettings, ...] = DEFAULT_DATASETS
     demo: DemoSettings = field(default_factory=DemoSettings)
+    federation: FederationSettings = field(default_factory=FederationSettings)
     #: The folder relative paths are resolved against (the settings file's folder).
     base_dir: Path = REPO_ROOT
     #: The file these settings were read from (None: built-in defaults).
@@ -381,7 +384,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     sections = {
         "platform": PlatformSettings, "pacs": PacsSettings, "mlflow": MlflowSettings, "queue": QueueSettings,
         "tasks": TasksSettings, "pipelines": PipelinesSettings, "review": ReviewSettings, "hub": HubSettings,
-        "demo": DemoSettings,
+        "demo": DemoSettings, "federation": FederationSettings,
     }
     unknown = sorted(set(raw) - set(sections) - {"datasets"})
     if unknown:
@@ -414,7 +417,9 @@ def _validate(built: dict[str, Any]) -> None:
     ports = [("pacs", "http_port", pacs.http_port), ("mlflow", "port", built["mlflow"].port),
              ("queue", "redis_port", built["queue"].redis_port), ("hub", "port", hub.port),
              ("hub", "api_port", hub.api_port), ("hub", "proxy_api_port", hub.proxy_api_port),
-             ("hub", "platform_api_port", hub.platform_api_port)]
+             ("hub", "platform_api_port", hub.platform_api_port),
+             ("federation", "superlink_port", built["federation"].superlink_port),
+             ("federation", "first_node_port", built["federation"].first_node_port)]
     for section, name, port in ports:
         if not 1 <= port <= 65535:
             raise ConfigurationError(f"[{section}] {name}={port} is not a valid TCP port")
@@ -437,3 +442,5 @@ def _validate(built: dict[str, Any]) -> None:
         raise ConfigurationError("[review] claim_ttl_s and max_draft_bytes must be positive")
     if demo.n_sites < 1 or demo.studies_per_site < 1:
         raise ConfigurationError("[demo] n_sites and studies_per_site must be at least 1")
+    validate_federation(built["federation"], [d.name for d in built["datasets"]], ports)
+
