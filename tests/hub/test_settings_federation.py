@@ -31,7 +31,7 @@ def test_values_are_read_and_become_the_flower_run_config(tmp_path):
         "round-timeout", "dp", "dp-noise-multiplier", "tracking-uri", "model-name", "alias")} == {
         "num-server-rounds": 5, "local-epochs": 2, "strategy": "fedprox", "proximal-mu": 0.1, "min-nodes": 1,
         "fraction": 0.5, "expected-nodes": 2, "round-timeout": 30.0, "dp": "server", "dp-noise-multiplier": 0.1,
-        "tracking-uri": "http://127.0.0.1:5600", "model-name": "organs", "alias": "federated"}
+        "tracking-uri": "http://127.0.0.1:5600/services/mlflow", "model-name": "organs", "alias": "federated"}
     assert run_config(settings, {"num-server-rounds": 1})["num-server-rounds"] == 1  # the CLI's options win
     nodes = site_node_configs(settings)
     assert list(nodes) == ["site-c", "site-a"]
