@@ -91,21 +91,49 @@ ENDPOINTS: dict[str, tuple[str, Endpoint]] = {
     "tasks-submit": ("write", lambda p, k, d, h, t: requests.post(f"{p.hub.platform_url}api/tasks", headers=h, timeout=30,
                      json={"pipeline": "example-echo", "dataset": d,
                            "parameters": {"series_instance_uid": p.studies[k].series}})),
+    "review-worklist": ("review", lambda p, k, d, h, t: _get(p, "api/review/worklist", h)),
+    "review-show": ("review", lambda p, k, d, h, t: _get(p, f"api/review/jobs/{t[d][1]}", h)),
+    "review-claim": ("review", lambda p, k, d, h, t: requests.post(
+        f"{p.hub.platform_url}api/review/jobs/{t[d][1]}/claim", headers=h, timeout=30, json={"force": True})),
+    "review-draft-put": ("review", lambda p, k, d, h, t: requests.put(
+        f"{p.hub.platform_url}api/review/jobs/{t[d][1]}/draft", headers=h, timeout=30, data=b"draft")),
+    "review-draft-get": ("review", lambda p, k, d, h, t: _get(p, f"api/review/jobs/{t[d][1]}/draft", h)),
+    "review-statistics": ("read", lambda p, k, d, h, t: _get(p, "api/review/statistics", h)),
     "tasks-decide": ("review", lambda p, k, d, h, t: requests.post(
         f"{p.hub.platform_url}api/jobs/{t[d][1]}/decide", headers=h, timeout=30, json={"decision": "accepted"})),
 }
+#: Endpoints that answer lists, filtered by grants, rather than refusing.
+LISTS = ("tasks-list", "review-worklist", "review-statistics")
+
+
+def _listed_datasets(name: str, response: requests.Response) -> set[str]:
+    if name == "tasks-list":
+        return {t["dataset"] for t in response.json() if t["owner"] == "tess"}
+    return {str(row["dataset"]) for row in response.json()}
+
+
+def _may_list(name: str, owner: str, dataset: str) -> bool:
+    if name == "review-statistics":  # directors and admins see every dataset's statistics
+        return bool({"directors", "admins"} & set(ROLES[owner][1])) or any(
+            granted(owner, r, dataset) for r in ("read", "review", "finalise"))
+    return granted(owner, "review" if name == "review-worklist" else "read", dataset)
 
 
 def _check_allowed(name: str, response: requests.Response, key: str, p: Platform, owner: str, tasks: Any,
                    dataset: str) -> None:
     if name.startswith("qido"):
         assert response.status_code == 200 and {i["0020000D"]["Value"][0] for i in response.json()} == {p.studies[key].study}
-    elif name == "tasks-list":
-        visible = {t["dataset"] for t in response.json() if t["owner"] == "tess"}
-        assert response.status_code == 200 and dataset in visible
-        assert all(granted(owner, "read", d) for d in visible)
+    elif name in LISTS:
+        assert response.status_code == 200
+        visible = _listed_datasets(name, response)
+        assert name == "review-statistics" or dataset in visible or name == "review-worklist"
+        assert all(_may_list(name, owner, d) for d in visible), (name, owner, visible)
     elif name == "tasks-decide":  # decided (finalise), proposed (review), or the job was decided earlier
         assert response.status_code in (200, 202, 400, 409), response.text
+    elif name in ("review-claim", "review-draft-put"):  # or the job was decided earlier in the matrix
+        assert response.status_code in (200, 409), (name, response.status_code, response.text)
+    elif name == "review-draft-get":  # the owner's draft, or none
+        assert response.status_code in (200, 404), (name, response.status_code, response.text)
     else:
         assert response.status_code in (200, 201), (name, response.status_code, response.text)
         if name.startswith("wado") and "metadata" not in name:
@@ -115,11 +143,12 @@ def _check_allowed(name: str, response: requests.Response, key: str, p: Platform
 def _check_refused(name: str, response: requests.Response, p: Platform, owner: str, dataset: str) -> None:
     if name.startswith("qido"):
         assert response.status_code == 200 and response.json() == []
-    elif name == "tasks-list":
+    elif name in LISTS:
         assert response.status_code == 200
-        assert all(granted(owner, "read", t["dataset"]) for t in response.json() if t["owner"] == "tess")
-    elif name in ("tasks-show",) or (name == "tasks-decide" and not granted(owner, "read", dataset)):
-        assert response.status_code == 404
+        assert all(_may_list(name, owner, d) for d in _listed_datasets(name, response))
+    elif name in ("tasks-show",) or name.startswith("review-") or (
+            name == "tasks-decide" and not granted(owner, "read", dataset)):
+        assert response.status_code == 404, (name, response.status_code, response.text)
     else:
         assert response.status_code == 403, (name, response.status_code, response.text)
     assert b"DICM" not in response.content and p.studies["b1"].series.encode() not in response.content or \
