@@ -4,7 +4,8 @@ A resident logs in over the hub's login page, lands on the Voila worklist, opens
 case, scrolls, paints a correction with the brush and proposes it; an attending logs in, opens
 the case (starting from the resident's labels) and finalises it. The reviewed SEG in Orthanc
 reads back equal to what the resident painted, the job is finished, the audit log holds every
-step, no request left the machine, and screenshots are saved in tests/artifacts/.
+step, the director's statistics page shows the decision, no request left the machine, and
+screenshots are saved in tests/artifacts/.
 
 Measured on the way (benchmarks/bench_review.py writes them): time from clicking "Open" to the
 first image (``review_open_case_s``) and slice-change latency (``review_slice_latency_p95_ms``).
@@ -43,8 +44,9 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReviewPlatfor
         yield running
 
 
-def sign_in(browser: Browser, platform: ReviewPlatform, user: str) -> tuple[Page, list[str]]:
-    """Log in through the hub's form, start the (only) profile offered, land on the worklist."""
+def sign_in(browser: Browser, platform: ReviewPlatform, user: str,
+            landmark: str = ".medimg-worklist-row") -> tuple[Page, list[str]]:
+    """Log in through the hub's form, start the (only) profile offered, land on the dashboard."""
     page = browser.new_context(viewport={"width": 1500, "height": 1000}).new_page()
     requests_seen = record_requests(page)
     page.goto(f"{platform.url}/hub/login", timeout=TIMEOUT_MS)
@@ -54,7 +56,7 @@ def sign_in(browser: Browser, platform: ReviewPlatform, user: str) -> tuple[Page
     page.wait_for_load_state()
     if "/hub/spawn" in page.url and page.locator("input[name=profile]").count():
         page.locator("form#spawn_form input[type=submit], form#spawn_form button[type=submit]").first.click()
-    page.wait_for_selector(".medimg-worklist-row", timeout=TIMEOUT_MS)
+    page.wait_for_selector(landmark, timeout=TIMEOUT_MS)
     assert f"/user/{user}/" in page.url
     return page, requests_seen
 
@@ -141,7 +143,13 @@ def test_resident_proposes_attending_finalises(chromium_browser: Browser, platfo
                          ("attending-a", "review.claim"), ("attending-a", "review.proposal.labels"),
                          ("attending-a", "stow"), ("attending-a", "task.decide")]:
         assert (user, action, "allowed") in steps, (user, action)
-    assert external_requests(seen_r + seen_a) == []
+    # --- the director sees the decision in the statistics --------------------------------------------
+    director, seen_d = sign_in(chromium_browser, platform, "director1", landmark=".medimg-summary")
+    summary = director.locator(".medimg-summary").inner_text()
+    assert "site-a" in summary and "organ-segmentation v7" in summary and "100%" in summary  # corrected: 100 %
+    director.wait_for_selector(".medimg-statistics img", timeout=60_000)  # the plots
+    save_screenshot(director, "review-5-statistics")
+    assert external_requests(seen_r + seen_a + seen_d) == []
     if os.environ.get("MEDIMG_REVIEW_TIMINGS"):
         with open(os.environ["MEDIMG_REVIEW_TIMINGS"], "w", encoding="utf-8") as out:
             json.dump(timings, out, indent=1)
