@@ -154,7 +154,8 @@ def _run_demo_pipeline(settings: Settings, manifest: Any) -> None:
     finally:
         service.close()
     click.echo("  follow runs:  .venv/bin/medimg tasks list")
-    click.echo("  review a case (until the review dashboard, #5):  .venv/bin/medimg tasks decide JOB_ID accepted --actor NAME")
+    click.echo("  review a case: log in as a resident or attending below (the Voila worklist), or "
+               ".venv/bin/medimg tasks decide JOB_ID accepted --actor NAME")
 
 
 @cli.command()
