@@ -126,6 +126,18 @@ def _load_demo(settings: Settings, pacs: OrthancServer) -> None:
     _run_demo_pipeline(settings, manifest)
 
 
+def _demo_datasets(settings: Settings, manifest: Any) -> dict[str, str]:
+    """StudyInstanceUID → dataset of the demo studies, from the platform database."""
+    from .platform_api.datasets import DatasetDirectory
+    from .tasks.models import make_engine
+
+    engine = make_engine(settings.database_url)
+    try:
+        return DatasetDirectory(engine).datasets_of(s.study_instance_uid for s in manifest.studies)
+    finally:
+        engine.dispose()
+
+
 def _run_demo_pipeline(settings: Settings, manifest: Any) -> None:
     from tqdm import tqdm
 
@@ -142,7 +154,7 @@ def _run_demo_pipeline(settings: Settings, manifest: Any) -> None:
                f"runs and registry at {settings.mlflow_tracking_uri}")
     service = TaskService(settings)
     try:
-        submitted = submit_demo_runs(service, manifest)
+        submitted = submit_demo_runs(service, manifest, _demo_datasets(settings, manifest))
         if submitted:
             with tqdm(total=len(submitted), desc=f"{DEMO_PIPELINE} on the demo studies", unit="study",
                       file=sys.stderr) as bar:

@@ -10,7 +10,8 @@ review). Idempotent: a second ``medimg up`` trains and submits nothing.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 
 from .demo import DemoManifest
 from .orthanc import OrthancServer
@@ -39,14 +40,23 @@ def ensure_demo_model(settings: Settings, progress: Callable[[int], object] | No
     return loaded.version, trained
 
 
-def submit_demo_runs(service: TaskService, manifest: DemoManifest) -> list[TaskRecord]:
-    """Submit the pipeline for each demo study without a run of it yet."""
+def submit_demo_runs(service: TaskService, manifest: DemoManifest,
+                     datasets: Mapping[str, str]) -> list[TaskRecord]:
+    """Submit the pipeline for each demo study without a run of it yet, as a run of the study's dataset.
+
+    ``datasets`` maps StudyInstanceUID → dataset (the platform database's membership): the
+    dataset decides who may see the run and review it. Studies in no dataset are skipped.
+    """
     done = {t.study_instance_uid for t in service.list_tasks(pipeline_id=DEMO_PIPELINE, limit=10_000)}
-    targets = [RunTarget(s.study_instance_uid, s.series_instance_uid) for s in manifest.studies
-               if s.study_instance_uid not in done]
-    if not targets:
-        return []
-    return service.submit(DEMO_PIPELINE, {}, owner=DEMO_OWNER, targets=targets)
+    by_dataset: dict[str, list[RunTarget]] = defaultdict(list)
+    for study in manifest.studies:
+        dataset = datasets.get(study.study_instance_uid)
+        if study.study_instance_uid not in done and dataset is not None:
+            by_dataset[dataset].append(RunTarget(study.study_instance_uid, study.series_instance_uid))
+    submitted: list[TaskRecord] = []
+    for dataset, targets in sorted(by_dataset.items()):
+        submitted += service.submit(DEMO_PIPELINE, {}, owner=DEMO_OWNER, targets=targets, dataset=dataset)
+    return submitted
 
 
 def wait_for_reviews(service: TaskService, task_ids: Sequence[str], *, at_least: int, timeout_s: float,

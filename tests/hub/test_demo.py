@@ -125,3 +125,26 @@ def test_ground_truth_seg_with_the_real_writer(
     assert seg.StudyInstanceUID == study.study_instance_uid
     assert seg.SeriesInstanceUID == study.seg_series_instance_uid
     assert_valid_dicom(tmp_path / study.seg_file)
+
+
+def test_demo_runs_are_submitted_as_runs_of_their_studies_datasets():
+    """Reviewers see a run only through its dataset: every demo run gets its study's dataset."""
+    from types import SimpleNamespace
+
+    from medimg_hub.demo_runs import submit_demo_runs
+
+    calls = []
+
+    class Service:
+        def list_tasks(self, **_):
+            return [SimpleNamespace(study_instance_uid="1.1")]  # already has a run
+
+        def submit(self, pipeline, parameters, *, owner, targets, dataset):
+            calls.append((dataset, [t.study_instance_uid for t in targets]))
+            return [SimpleNamespace(id=t.study_instance_uid) for t in targets]
+
+    studies = [SimpleNamespace(study_instance_uid=u, series_instance_uid=u + ".9") for u in ("1.1", "1.2", "1.3", "1.4", "1.5")]
+    done = submit_demo_runs(Service(), SimpleNamespace(studies=studies),
+                            {"1.1": "site-a", "1.2": "site-a", "1.3": "site-b", "1.4": "site-a"})
+    assert calls == [("site-a", ["1.2", "1.4"]), ("site-b", ["1.3"])]  # 1.5 is in no dataset: no run
+    assert [t.id for t in done] == ["1.2", "1.4", "1.3"]
