@@ -114,7 +114,7 @@ def main() -> None:
         tasks=TasksSettings(database_url=f"sqlite:///{var_dir}/platform.db"),
     )
     upgrade(settings.database_url)
-    services = platform_services(settings)
+    services = platform_services(settings, hub=False)  # no logins needed (the hub would want its own ports)
     try:
         for service in services:
             service.start()

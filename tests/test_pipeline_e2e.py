@@ -59,7 +59,7 @@ def platform(request, tmp_path_factory):
         demo=DemoSettings(n_sites=3, studies_per_site=1),
     )
     upgrade(settings.database_url)
-    services = platform_services(settings)
+    services = platform_services(settings, hub=False)  # no logins needed (the hub would want its own ports)
     try:
         for service in services:
             service.start()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 
 from .credentials import stored_secret
-from .process import ManagedProcess, ServiceError, port_in_use
+from .process import ManagedProcess
 from .settings import Settings
 
 
@@ -73,13 +73,15 @@ class RedisBroker:
             return False
 
     def start(self) -> bool:
-        if self.external or self.process.pid() is not None:
+        if self.external:
             return False
-        if port_in_use("127.0.0.1", self.port):
-            raise ServiceError(f"port {self.port} is already in use; set [queue] redis_port to a free port")
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.process.argv = self._argv()
-        return self.process.start(self.settings.platform.start_timeout_s)
+
+        def prepare() -> None:
+            self.home.mkdir(parents=True, exist_ok=True)
+            self.process.argv = self._argv()
+
+        return self.process.start(self.settings.platform.start_timeout_s, prepare=prepare,
+                                  ports=[("[queue] redis_port", self.port)])
 
     def stop(self) -> bool:
         return self.process.stop()

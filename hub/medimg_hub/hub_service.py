@@ -14,7 +14,7 @@ from pathlib import Path
 
 import requests
 
-from .process import ManagedProcess, ServiceError, port_in_use
+from .process import ManagedProcess, ServiceError
 from .settings import CONFIG_ENV_VAR, REPO_ROOT, Settings
 from .hubconf.state import HubState
 
@@ -62,17 +62,13 @@ class JupyterHubServer:
 
     def start(self) -> bool:
         """Start the hub unless it runs; True if started now."""
-        if self.process.pid() is not None:
-            return False
         hub = self.settings.hub
-        for key, port in (("port", hub.port), ("api_port", hub.api_port), ("proxy_api_port", hub.proxy_api_port)):
-            if port_in_use("127.0.0.1", port):
-                raise ServiceError(f"port {port} is already in use by another program; set [hub] {key} in the "
-                                   "settings file to a free port")
-        if hub.spawner == "system-users" and os.geteuid() != 0:
+        if hub.spawner == "system-users" and os.geteuid() != 0 and self.process.pid() is None:
             raise ServiceError("[hub] spawner = 'system-users' runs users' servers as their own OS accounts and "
                                "needs root: run `medimg up` as root, or set spawner = 'shared' for development")
-        return self.process.start(max(self.settings.platform.start_timeout_s, 60.0))
+        ports = [(f"[hub] {key}", port) for key, port in (("port", hub.port), ("api_port", hub.api_port),
+                                                          ("proxy_api_port", hub.proxy_api_port))]
+        return self.process.start(max(self.settings.platform.start_timeout_s, 60.0), ports=ports)
 
     def stop(self) -> bool:
         """Stop the hub (it stops the proxy, services and users' servers first); True if it ran."""

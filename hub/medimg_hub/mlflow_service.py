@@ -18,7 +18,7 @@ from pathlib import Path
 
 import requests
 
-from .process import ManagedProcess, ServiceError, port_in_use
+from .process import ManagedProcess
 from .settings import MLFLOW_PREFIX, Settings
 
 
@@ -62,16 +62,15 @@ class MlflowServer:
             return False
 
     def start(self) -> bool:
-        if self.process.pid() is not None:
-            return False
-        if port_in_use("127.0.0.1", self.settings.mlflow.port):
-            raise ServiceError(f"port {self.settings.mlflow.port} is already in use; set [mlflow] port to a free port")
+        return self.process.start(max(self.settings.platform.start_timeout_s, 60.0), prepare=self._prepare,
+                                  ports=[("[mlflow] port", self.settings.mlflow.port)])
+
+    def _prepare(self) -> None:
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
         if not self.settings.mlflow.backend_store_uri:  # the default SQLite store under mlruns/
             store = self.settings.base_dir / "mlruns"
             store.mkdir(exist_ok=True)
             os.chmod(store, 0o700)  # users' kernels reach MLflow through its server, never its files
-        return self.process.start(max(self.settings.platform.start_timeout_s, 60.0))
 
     def stop(self) -> bool:
         return self.process.stop()

@@ -28,7 +28,7 @@ import requests
 from medimg_kernel.client import DICOMwebHTTPClient
 
 from .credentials import stored_secret, write_private
-from .process import ManagedProcess, ServiceError, port_in_use
+from .process import ManagedProcess
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -143,17 +143,9 @@ class OrthancServer:
 
     def start(self) -> bool:
         """Start Orthanc unless it runs; True if started now."""
-        if self.process.pid() is not None:
-            return False
-        port = self.settings.pacs.http_port
-        if port_in_use("127.0.0.1", port):
-            raise ServiceError(
-                f"port {port} is already in use by another program; set [pacs] http_port in the "
-                "settings file to a free port (Debian's own orthanc service uses 8042: "
-                "scripts/bootstrap.sh stops it)"
-            )
-        self.write_configuration()
-        return self.process.start(self.settings.platform.start_timeout_s)
+        # Debian's own orthanc service uses 8042 too: scripts/bootstrap.sh stops and disables it.
+        return self.process.start(self.settings.platform.start_timeout_s, prepare=self.write_configuration,
+                                  ports=[("[pacs] http_port", self.settings.pacs.http_port)])
 
     def stop(self) -> bool:
         """Stop Orthanc; True if it was running."""

@@ -109,8 +109,19 @@ class ManagedProcess:
         pid = self.pid()
         return ServiceStatus(self.name, pid is not None, pid, self.url, self.log_file)
 
-    def start(self, timeout_s: float = 30.0) -> bool:
+    def start(self, timeout_s: float = 30.0, *, ports: Sequence[tuple[str, int]] = (),
+              prepare: Callable[[], object] | None = None) -> bool:
         """Start the service unless it runs; wait until it answers.
+
+        Parameters
+        ----------
+        timeout_s
+            Seconds to wait until it answers.
+        ports
+            ``(setting, port)`` pairs the service listens on, e.g. ``("[pacs] http_port", 8042)``:
+            one already in use by another program is refused, naming the setting to change.
+        prepare
+            Called just before starting (write configuration, make folders), not when it runs.
 
         Returns
         -------
@@ -119,6 +130,12 @@ class ManagedProcess:
         """
         if self.pid() is not None:
             return False
+        for setting, port in ports:
+            if port_in_use("127.0.0.1", port):
+                raise ServiceError(f"{self.name}: port {port} is already in use by another program; set "
+                                   f"{setting} in the settings file to a free port")
+        if prepare is not None:
+            prepare()
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log_fh:

@@ -56,7 +56,7 @@ def platform(request, tmp_path_factory):
         url = f"sqlite:///{var_dir}/platform.db"
     settings = _settings(var_dir, url)
     upgrade(url)
-    services = platform_services(settings)
+    services = platform_services(settings, hub=False)  # no logins needed; the hub is tested elsewhere
     try:
         for service in services:
             service.start()
@@ -153,7 +153,7 @@ def test_transient_failure_is_retried_with_backoff(platform, tmp_path):
 
 
 def _worker(settings):
-    return next(s for s in platform_services(settings) if s.name == "worker-default")
+    return next(s for s in platform_services(settings, hub=False) if s.name == "worker-default")
 
 
 def _children(pid: int) -> list[int]:
