@@ -22,11 +22,13 @@ import json
 import logging
 import re
 from contextlib import aclosing
+from http import HTTPStatus
 from typing import Any
 
 from tornado.iostream import StreamClosedError
 from tornado.web import stream_request_body
 
+from . import relay
 from .base import PlatformHandler
 from .datasets import Rights
 from .models import Right
@@ -170,6 +172,9 @@ class DicomWebHandler(PlatformHandler):
             self.refuse(403, "study not in a dataset the caller may read")
         self.audit_fields["dataset"] = dataset
         accept = clean_header(self.request.headers.get("Accept"), "*/*")
+        if relay.AVAILABLE:
+            await self._wado_relay(accept)
+            return
         status, headers, chunks = await self.ctx.orthanc.open_stream(self.target.path, encode_query(self.query),
                                                                      {"Accept": accept})
         if status >= 400:
@@ -187,6 +192,34 @@ class DicomWebHandler(PlatformHandler):
                     await self.flush()  # back-pressure: read on from Orthanc only as fast as the caller reads
         except StreamClosedError:
             self.audit_fields["detail"] = "caller closed the connection"
+
+    async def _wado_relay(self, accept: str) -> None:
+        """Pass Orthanc's response body to the caller with ``splice`` (:mod:`.relay`), then close."""
+        try:
+            answer = await self.ctx.orthanc.open_relay(self.target.path, encode_query(self.query), {"Accept": accept})
+        except UpstreamError as exc:
+            self.refuse(502, str(exc))
+        if answer.status >= 400:
+            answer.close()  # Orthanc's error text is not passed on
+            self.refuse(answer.status if answer.status in (400, 404, 406) else 502, f"Orthanc answered {answer.status}")
+        framing = [(name, answer.headers[name.lower()]) for name in ("Content-Type", "Content-Length", "Transfer-Encoding")
+                   if name.lower() in answer.headers]
+        lines = [f"HTTP/1.1 {answer.status} {HTTPStatus(answer.status).phrase}", *(f"{k}: {v}" for k, v in framing),
+                 f"X-Request-Id: {self.request_id}", "Cache-Control: no-store", "Connection: close"]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.set_status(answer.status)
+        stream = self.detach()  # the connection is ours now; tornado will not finish this request
+        self._finished = True
+        try:
+            stream.socket.setblocking(True)
+            sent = await self.ctx.run(relay.relay, answer.sock, stream.socket, head + answer.body_start)
+            self.bytes_out = sent - len(head)
+        except OSError:
+            self.audit_fields["detail"] = "caller closed the connection"
+        finally:
+            answer.close()
+            stream.close()
+            self.on_finish()  # audit and metrics, as finish() would
 
     # --- STOW-RS ----------------------------------------------------------------------------------
 

@@ -27,6 +27,8 @@ from typing import IO, Any
 import aiohttp
 import requests
 
+from .relay import OrthancResponse, RelayError, open_orthanc
+
 log = logging.getLogger(__name__)
 
 #: Smallest piece handed to the caller when streaming (fewer, larger writes to the caller's socket).
@@ -141,6 +143,19 @@ class Orthanc:
             raise UpstreamError(f"reading a response: {type(exc).__name__}") from None
         finally:
             response.release()
+
+    async def open_relay(self, path: str, query: str, headers: Mapping[str, str]) -> OrthancResponse:
+        """GET a resource on a socket of its own, for :func:`.relay.relay` (the body is left on the socket).
+
+        Raises
+        ------
+        UpstreamError
+            Orthanc could not be reached or did not answer HTTP.
+        """
+        try:
+            return await self._run(open_orthanc, self._url(path, query), self._auth, dict(headers))
+        except RelayError as exc:
+            raise UpstreamError(f"GET {path}: {exc}") from None
 
     async def close(self) -> None:
         """Close the streaming session (at shutdown)."""
