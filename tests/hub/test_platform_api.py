@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 from typing import Any
 
 import pytest
@@ -275,3 +276,27 @@ def test_tasks_api_rules(platform_hub: Platform) -> None:
     assert final.status_code == 200 and final.json()["status"] == "accepted"
     actions = {r["action"] for r in audit_rows(p.hub, limit=500)}
     assert {"task.submit", "task.list", "task.show", "task.cancel", "task.propose", "task.decide"} <= actions
+
+
+def test_a_caller_leaving_mid_stream_is_audited_and_the_gateway_keeps_serving(platform_hub: Platform) -> None:
+    """WADO-RS bodies are relayed (splice) straight from Orthanc; a caller that goes away is noticed."""
+    import socket
+
+    p, a1 = platform_hub, platform_hub.studies["a1"]
+    port = int(p.hub.direct_url.split(":")[2].split("/")[0])
+    path = f"{p.hub.direct_url.split(str(port), 1)[1]}dicom-web/studies/{a1.study}/series/{a1.series}"
+    before = len(audit_rows(p.hub, limit=10000, user="rita", action="wado"))
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: token {p.tokens['resident']}\r\n"
+                         f"Accept: {ACCEPT_STORED}\r\n\r\n".encode())
+            assert sock.recv(12).startswith(b"HTTP/1.1 200")
+        # closed after 12 bytes: the relay fails writing, the Orthanc connection is released
+    response = requests.get(f"{p.hub.platform_url}dicom-web/{path.split('dicom-web/', 1)[1]}", timeout=30,
+                            headers={**auth(p.tokens["resident"]), "Accept": ACCEPT_STORED})
+    assert response.status_code == 200 and response.content.count(b"DICM") == 4
+    # every abandoned request is audited too (the audit row is written just after the request ends)
+    deadline = time.monotonic() + 10
+    while len(audit_rows(p.hub, limit=10000, user="rita", action="wado")) < before + 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(audit_rows(p.hub, limit=10000, user="rita", action="wado")) == before + 4
