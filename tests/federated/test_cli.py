@@ -104,8 +104,11 @@ def test_fl_up_run_down_trains_registers_and_leaves_nothing_behind(platform: Set
         assert len(started) >= 7  # SuperLink + gateway + 3 SuperNodes + their SuperExecs
         out = medimg(platform, "fl", "run", "--rounds", "2", "-c", f"model-config={TINY_MODEL}", timeout_s=900)
         assert "federated run finished" in out
-        gateway_log = platform_federation(platform).gateway.log_file.read_text()
-        assert "refused" not in gateway_log  # every SuperNode call was a Fleet call
+        federation = platform_federation(platform)
+        assert "refused" not in federation.gateway.log_file.read_text()  # every SuperNode call was a Fleet call
+        for node in federation.nodes.values():  # one message per round; the final model's evaluation after
+            received = node.log_file.read_text()
+            assert (received.count("Receiving: train"), received.count("Receiving: evaluate")) == (2, 1), received
     finally:
         medimg(platform, "fl", "down", timeout_s=120)
     assert not [pid for pid in started if _running(pid)], "medimg fl down left federation processes running"
