@@ -11,13 +11,18 @@ cosine LR over rounds). Both are scored by mean Dice over organs (liver, spleen,
 union of the sites' hold-out series, on their original grids. Value: federated − pooled.
 
 ``federated_round_overhead``: the same app deployed (SuperLink + 3 SuperNode processes on
-loopback, ``flwr run``), ``R`` rounds. For each round r ≥ 2: round wall time = time between the
-MLflow logs of round r−1's and round r's aggregated evaluation; local compute = the slowest
-site's (train + evaluate) time reported by its ClientApp in round r. Value: median over rounds of
-(round wall − local compute) / local compute, i.e. Flower's overhead per unit of local work. The
-local work is the configured one (``[federation] local_epochs`` epochs over each site's training
-series, the default network), measured inside the same train and evaluate calls the round makes.
-Round 1 is left out: it includes each site worker's first read of the site's studies.
+loopback, ``flwr run``), ``R`` rounds. A round is one message per site: it evaluates the received
+global model (round r−1's) on the hold-out, then trains (``federated/server_app.py``). For each
+round r ≥ 2: round wall time = time between the MLflow logs of round r−1's and round r's
+aggregated training; local compute = the slowest site's (evaluate + train) time reported by its
+ClientApp in that message (``eval_time_s`` logged at step r−1, ``train_time_s`` at step r). Value:
+median over rounds of (round wall − local compute) / local compute, i.e. Flower's overhead per unit
+of local work. The local work is the configured one (``[federation] local_epochs`` epochs over each
+site's training series, the default network), measured inside the same calls the round makes.
+Round 1 is left out: it includes each site worker's first read of the site's studies; so is the
+evaluate-only message after the last round (the final model's evaluation), once per run.
+Before 2026-12-02 a round was two messages (train, then evaluate) and the wall time was measured
+between aggregated evaluations; the work counted per round is the same.
 
 Run: ``python benchmarks/bench_federated.py [--epochs 20] [--studies-per-site 4] [--rounds 3]``
 """
@@ -104,11 +109,12 @@ def round_overhead(sites: dict[str, Path], rounds: int, work: Path) -> dict[str,
         federation.down()
     client = MlflowClient(tracking_uri=uri)
     run_id = _federated_run_id(uri)
-    ends = {m.step: m.timestamp / 1000 for m in client.get_metric_history(run_id, "eval_sites_replied")}
+    ends = {m.step: m.timestamp / 1000 for m in client.get_metric_history(run_id, "train_sites_replied")}
     per_round = []
     for r in range(2, rounds + 1):
         compute = max(
-            _at(client, run_id, f"{s}_train_time_s", r) + _at(client, run_id, f"{s}_eval_time_s", r) for s in sites)
+            _at(client, run_id, f"{s}_eval_time_s", r - 1) + _at(client, run_id, f"{s}_train_time_s", r)
+            for s in sites)
         wall = ends[r] - ends[r - 1]
         per_round.append({"round": r, "wall_s": round(wall, 2), "local_compute_s": round(compute, 2),
                           "overhead_ratio": round((wall - compute) / compute, 3)})
@@ -150,9 +156,10 @@ def main() -> None:
             write_result("federated_round_overhead", value=round(value, 3), goal="<= 1.2", unit="ratio",
                          command=command,
                          details={**common, **over, "definition":
-                                  "(round wall time - slowest site's train+evaluate time) / that time, median "
-                                  "over rounds >= 2; deployed SuperLink + 3 SuperNodes (+ site workers) on loopback, "
-                                  "[federation] local_epochs"})
+                                  "(round wall time - slowest site's evaluate+train time) / that time, median "
+                                  "over rounds >= 2; one message per site and round (evaluate the received "
+                                  "model, then train); deployed SuperLink + Fleet gateway + 3 SuperNodes "
+                                  "(+ site workers) on loopback, [federation] local_epochs"})
 
 
 if __name__ == "__main__":

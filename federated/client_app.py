@@ -29,7 +29,8 @@ app = ClientApp(mods=[clip_when_asked])
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
-    """Local epochs from the received global weights; replies weights, ``num-examples``, loss."""
+    """Local epochs from the received global weights; replies weights, ``num-examples``, loss (and,
+    when the config sets ``evaluate-first``, the received model's hold-out Dice as ``evaluation``)."""
     return _answer(message, context, train=True)
 
 

@@ -4,10 +4,18 @@ Per round the strategy's own ``configure_*``/``aggregate_*`` are wrapped (not co
 record which sites were asked, which replied and why the others did not; the global model
 is checkpointed through ``evaluate_fn``; the final model is registered under the name the
 pipelines load (``organ-segmentation``) with the run config's alias.
+
+One message per site and round: round r's train message asks the site to evaluate the model it
+receives (round r−1's global model) on its hold-out before training, and the reply carries both;
+that evaluation is logged at step r−1. Only after the last round is a separate evaluate message
+sent (the final model's evaluation, step ``num-server-rounds``). So MLflow gets the same
+``eval_*`` metrics per round and site as with Flower's train-then-evaluate rounds, with half the
+messages (each costs a ClientApp process, polling on both sides and a copy of the weights each way).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Iterable
@@ -20,6 +28,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from site_worker import EVALUATE_FIRST, EVALUATION_RECORD
 from task import ConfigurationError, FederatedTracker, RunSettings, from_record, initial_arrays, split_replies
 
 logger = logging.getLogger(__name__)
@@ -69,27 +78,49 @@ class PromptGrid(Grid):
         return replies
 
 
+def evaluation_reply(reply: Message) -> Message | None:
+    """The evaluation a train reply carries, as an evaluate reply (error replies unchanged); None
+    when the site sent no evaluation."""
+    if reply.has_error():
+        return reply
+    if EVALUATION_RECORD not in reply.content.config_records:
+        return None
+    view = copy.copy(reply)  # same metadata (source node, reply-to); content of its own
+    view.content = RecordDict({"metrics": MetricRecord(dict(reply.content[EVALUATION_RECORD])),
+                               "site": reply.content.config_records["site"]})
+    return view
+
+
 class TrackedMixin:
-    """Adds MLflow tracking of sent, replied and failed sites to a FedAvg-family strategy."""
+    """Adds MLflow tracking of sent, replied and failed sites to a FedAvg-family strategy, and
+    folds each round's evaluation into the next round's train message (module docstring)."""
 
     tracker: FederatedTracker
     site_of_node: dict[int, str]
+    num_rounds: int
     _sent: set[int]
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        config = ConfigRecord({**config, EVALUATE_FIRST: server_round > 1})
         messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
         self._sent = {m.metadata.dst_node_id for m in messages}
         return messages
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
+        if server_round < self.num_rounds:  # evaluated by the next round's train message
+            self._sent = set()
+            return []
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))  # type: ignore[misc]
         self._sent = {m.metadata.dst_node_id for m in messages}
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):  # noqa: ANN201
         replies = list(replies)
+        if server_round > 1:
+            evaluations = [e for e in map(evaluation_reply, replies) if e is not None]
+            self._log_evaluation(server_round - 1, evaluations)
         arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
         per_site, failed = split_replies(replies, self._sent, self.site_of_node)
         self.tracker.log_round(server_round, "train", dict(metrics or {}), per_site, failed)
@@ -97,6 +128,11 @@ class TrackedMixin:
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
+        if not replies and not self._sent:
+            return None  # a round whose evaluation travels with the next train message
+        return self._log_evaluation(server_round, replies)
+
+    def _log_evaluation(self, server_round: int, replies: list[Message]) -> MetricRecord | None:
         metrics = super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]
         per_site, failed = split_replies(replies, self._sent, self.site_of_node)
         self.tracker.log_round(server_round, "eval", dict(metrics or {}), per_site, failed)
@@ -122,6 +158,7 @@ def build_strategy(settings: RunSettings, tracker: FederatedTracker) -> Strategy
     else:
         inner = TrackedFedAvg(**common)
     inner.tracker, inner.site_of_node, inner._sent = tracker, {}, set()
+    inner.num_rounds = settings.num_server_rounds
     if settings.dp == "server":
         return DifferentialPrivacyServerSideFixedClipping(inner, settings.dp_noise_multiplier,  # type: ignore[arg-type]
                                                           settings.dp_clipping_norm, settings.expected_nodes)

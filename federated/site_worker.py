@@ -30,6 +30,11 @@ logger = logging.getLogger(__name__)
 
 #: Error code of a reply the worker could not produce (an unexpected exception; see its log).
 WORKER_FAILED = 1004
+#: Train-config key: evaluate the received global model on the hold-out before training.
+EVALUATE_FIRST = "evaluate-first"
+#: Reply record (a ConfigRecord, so Flower's aggregation still sees one MetricRecord) holding that
+#: evaluation in a train reply.
+EVALUATION_RECORD = "evaluation"
 
 
 @dataclass(frozen=True)
@@ -54,11 +59,16 @@ class WorkRequest:
 
 @dataclass(frozen=True)
 class SiteReply:
-    """A site's answer: metrics (and weights after training), or a refusal (``error_code`` > 0)."""
+    """A site's answer: metrics (and weights after training), or a refusal (``error_code`` > 0).
+
+    ``evaluation``: in a train reply, the hold-out metrics of the *received* model (asked with
+    :data:`EVALUATE_FIRST`), sent as the :data:`EVALUATION_RECORD` ConfigRecord.
+    """
 
     site: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] | None = None
+    evaluation: dict[str, float] | None = None
     error_code: int = 0
     error_reason: str = ""
 
@@ -70,6 +80,8 @@ class SiteReply:
         if self.arrays is not None:
             content["arrays"] = ArrayRecord(
                 array_dict={name: Array(np.ascontiguousarray(a)) for name, a in self.arrays.items()})
+        if self.evaluation is not None:
+            content[EVALUATION_RECORD] = ConfigRecord(dict(self.evaluation))
         return Message(content=content, reply_to=message)
 
 

@@ -22,7 +22,7 @@ from medimg_kernel.federated import (
 )
 from medimg_kernel.federated_tracking import FederatedTracker
 from medimg_kernel.model import SegmentationModelConfig, build_network
-from site_worker import SiteReply, WorkRequest
+from site_worker import EVALUATE_FIRST, SiteReply, WorkRequest
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +122,9 @@ def _refusal(code: int, reason: str) -> SiteReply:
 def site_reply(request: WorkRequest) -> SiteReply:
     """Train (``request.train``) or evaluate the received global model on this site's own data.
 
+    A train request whose config sets :data:`~site_worker.EVALUATE_FIRST` also evaluates the
+    received model on the hold-out before training (one message per round instead of two).
+
     Refusals are error replies with a reason the ServerApp logs and tracks: a site without
     finalised labels (:data:`NO_TRAINING_DATA`), weights that don't fit the local network
     (:data:`ARCHITECTURE_MISMATCH`), a bad node or run config (:data:`CONFIGURATION`).
@@ -131,12 +134,13 @@ def site_reply(request: WorkRequest) -> SiteReply:
         server_round = int(request.sent_config.get("server-round", 0))
         if not request.train:
             return SiteReply(site.site, local_evaluate(network, data, config))
+        evaluation = local_evaluate(network, data, config) if request.sent_config.get(EVALUATE_FIRST) else None
         metrics = local_train(network, data, config, epochs=settings.local_epochs, batch_size=settings.batch_size,
                               lr=round_learning_rate(settings.lr, server_round, settings.num_server_rounds),
                               seed=settings.seed + 1000 * server_round + request.node_id % 997,
                               proximal_mu=float(request.sent_config.get("proximal-mu", 0.0)),
                               num_threads=settings.num_threads)
-        return SiteReply(site.site, metrics, state_arrays(network))
+        return SiteReply(site.site, metrics, state_arrays(network), evaluation)
     except NoTrainingDataError as exc:
         return _refusal(NO_TRAINING_DATA, str(exc))
     except ArchitectureMismatchError as exc:

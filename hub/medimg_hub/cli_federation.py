@@ -25,7 +25,7 @@ def fl() -> None:
 @fl.command("up")
 @click.pass_obj
 def fl_up_command(settings: Settings) -> None:
-    """Start the SuperLink and the sites' SuperNodes (idempotent) and wait until they are online."""
+    """Start the SuperLink, its Fleet gateway and the sites' SuperNodes (idempotent); wait until they are online."""
     from .federation_platform import fl_up
 
     for name, url in fl_up(settings).items():
@@ -69,7 +69,7 @@ def _typed(value: str) -> object:
 @fl.command("down")
 @click.pass_obj
 def fl_down_command(settings: Settings) -> None:
-    """Stop every federation process (SuperLink, SuperNodes and what they spawned)."""
+    """Stop every federation process (SuperLink, Fleet gateway, SuperNodes and what they spawned)."""
     from .federation_platform import fl_down
 
     fl_down(settings)

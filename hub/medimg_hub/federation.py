@@ -1,4 +1,5 @@
-"""The federation on one machine, as the real thing: a SuperLink and one SuperNode per site.
+"""The federation on one machine, as the real thing: a SuperLink, its Fleet gateway and one
+SuperNode per site.
 
 Every process is a :class:`~medimg_hub.process.ManagedProcess` on 127.0.0.1 with explicit
 ports (the SuperLink's default, 8000, is JupyterHub's). ``medimg fl up`` starts them,
@@ -16,9 +17,12 @@ With ``tls=True`` the SuperLink serves HTTPS with a certificate from a private C
 accepts only SuperNodes whose public key was registered (``flwr supernode register``) and
 each node signs with its private key. **The SuperLink serves the Fleet API (for sites) and
 the Control API (starts runs, registers nodes — no user authentication in open-source
-Flower) on the same port.** Sites must reach only the Fleet paths (``/v1/fleet/...``):
-put a path-filtering reverse proxy or firewall rules in front at the coordinating centre
-and keep Control on the coordinator's loopback. On one machine everything is loopback.
+Flower) on the same port**, so it binds 127.0.0.1 only and the sites connect to the Fleet
+gateway (:mod:`medimg_hub.federation_gateway`, ``gateway_port``): a path-filtering reverse
+proxy that forwards only ``POST /v1/fleet/...`` and answers everything else 403. Node
+signatures pass through it untouched (the SuperLink still verifies them); with TLS it serves
+the SuperLink's certificate and verifies the SuperLink against the private CA. ``flwr``
+(runs, node registration: the Control API) talks to the SuperLink directly, on loopback.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from .federation_pki import NodeKey, ServerPki, make_node_key, make_server_pki
-from .process import ManagedProcess, ServiceError, port_in_use
+from .process import ManagedProcess, ServiceError, free_port, port_in_use
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +91,12 @@ class Federation:
     var_dir
         The platform's state folder; everything goes under ``var_dir/flower``.
     superlink_port
-        The SuperLink's one HTTP(S) port (Fleet + Control + ServerApp APIs).
+        The SuperLink's one HTTP(S) port on 127.0.0.1 (Fleet + Control + ServerApp APIs).
     sites
         The SuperNodes to start.
+    gateway_port
+        The Fleet gateway's port: the only address the SuperNodes are given. None: a port free
+        when this object is made (tests; the platform passes ``[federation] fleet_gateway_port``).
     tls, auth
         HTTPS with a private CA; SuperNode authentication with registered keys.
     site_workers
@@ -102,6 +109,7 @@ class Federation:
     var_dir: Path
     superlink_port: int
     sites: Sequence[SiteNode]
+    gateway_port: int | None = None
     tls: bool = False
     auth: bool = False
     site_workers: bool = True
@@ -114,14 +122,23 @@ class Federation:
         self.root = Path(self.var_dir) / "flower"
         self.flwr_home = self.root / "home"
         self.address = f"127.0.0.1:{self.superlink_port}"
+        if self.gateway_port is None:
+            self.gateway_port = free_port()
+        self.fleet_address = f"127.0.0.1:{self.gateway_port}"
         if self.tls or self.auth:
             self._pki = make_server_pki(self.root / "pki")
         self.superlink = ManagedProcess("superlink", self._superlink_argv(), Path(self.var_dir), env=self.env(),
                                         ready=lambda: port_in_use("127.0.0.1", self.superlink_port),
                                         url=("https://" if self.tls else "http://") + self.address,
                                         marker=f"--port {self.superlink_port}")
+        self.gateway = self._gateway_process()
         self.workers = {s.site: self._worker_process(s) for s in self.sites} if self.site_workers else {}
         self.nodes = {s.site: self._node_process(s) for s in self.sites}
+
+    @property
+    def ca_cert(self) -> Path | None:
+        """The private CA's certificate (PEM) sites verify the gateway with; None without TLS or auth."""
+        return self._pki.ca_cert if self._pki else None
 
     # -- processes ------------------------------------------------------------------------
 
@@ -145,6 +162,19 @@ class Federation:
         if self.auth:
             argv.append("--enable-supernode-auth")
         return argv
+
+    def _gateway_process(self) -> ManagedProcess:
+        """The Fleet gateway: sites' only way in (``medimg_hub.federation_gateway``)."""
+        scheme = "https" if self.tls else "http"
+        argv = [sys.executable, "-m", "medimg_hub.federation_gateway", "--port", str(self.gateway_port),
+                "--host", "127.0.0.1", "--upstream", f"{scheme}://{self.address}"]
+        if self.tls and self._pki:
+            argv += ["--certfile", str(self._pki.server_cert), "--keyfile", str(self._pki.server_key),
+                     "--cafile", str(self._pki.ca_cert)]
+        port = int(self.gateway_port or 0)
+        return ManagedProcess("fleet-gateway", argv, Path(self.var_dir), env=self.env(),
+                              ready=lambda: port_in_use("127.0.0.1", port), url=f"{scheme}://{self.fleet_address}",
+                              marker=f"medimg_hub.federation_gateway --port {port}")
 
     def _worker_files(self, site: str) -> tuple[Path, Path]:
         """A site worker's socket and key file (in a 0700 folder; short: Unix socket paths are limited)."""
@@ -171,7 +201,7 @@ class Federation:
         if self.site_workers:
             socket, key = self._worker_files(node.site)
             config |= {"worker-socket": str(socket), "worker-key-file": str(key)}
-        argv = [self._exe("flower-supernode"), "--superlink", self.address, "--host", "127.0.0.1",
+        argv = [self._exe("flower-supernode"), "--superlink", self.fleet_address, "--host", "127.0.0.1",
                 "--port", str(node.port), "--isolation", "subprocess",
                 "--node-config", " ".join(f'{k}="{v}"' for k, v in config.items())]
         if self.tls and self._pki:
@@ -199,8 +229,9 @@ class Federation:
         return path
 
     def up(self, timeout_s: float = 60.0) -> None:
-        """Start the SuperLink, register node keys (``auth``), start every SuperNode."""
-        for port in [self.superlink_port, *(s.port for s in self.sites)]:
+        """Start the SuperLink, register node keys (``auth``), start the Fleet gateway, then every
+        SuperNode (connected to the gateway)."""
+        for port in [self.superlink_port, int(self.gateway_port or 0), *(s.port for s in self.sites)]:
             if port == 8000:
                 raise FederationError("port 8000 is JupyterHub's default; give the federation other ports")
         self.write_connection()
@@ -209,6 +240,7 @@ class Federation:
             for node in self.sites:
                 if node.registered:
                     self.register(self._keys[node.site].public_key)
+        self.gateway.start(timeout_s)
         for node in self.sites:
             if node.site in self.workers and node.registered:
                 self._ensure_worker_key(node.site)
@@ -248,8 +280,8 @@ class Federation:
             log.info("SuperNode key %s was already registered", public_key.name)
 
     def down(self) -> None:
-        """Stop every SuperNode and the SuperLink, with the processes they spawned."""
-        for process in [*self.nodes.values(), self.superlink, *self.workers.values()]:
+        """Stop every SuperNode, the Fleet gateway and the SuperLink, with the processes they spawned."""
+        for process in [*self.nodes.values(), self.gateway, self.superlink, *self.workers.values()]:
             stop_tree(process)
 
     def kill_node(self, site: str) -> None:

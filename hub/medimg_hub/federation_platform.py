@@ -46,12 +46,14 @@ def site_node_configs(settings: Settings) -> dict[str, dict[str, str]]:
 
 
 def platform_federation(settings: Settings) -> Federation:
-    """The federation ``[federation]`` describes: SuperLink on ``superlink_port``, node ``i`` on
-    ``first_node_port + i``, TLS and node authentication as set."""
+    """The federation ``[federation]`` describes: SuperLink on ``superlink_port``, the sites' Fleet
+    gateway on ``fleet_gateway_port``, node ``i`` on ``first_node_port + i``, TLS and node
+    authentication as set."""
     fed = settings.federation
     nodes = [SiteNode(site, config, fed.first_node_port + i)
              for i, (site, config) in enumerate(site_node_configs(settings).items())]
-    return Federation(settings.var_dir, fed.superlink_port, nodes, tls=fed.tls, auth=fed.node_auth)
+    return Federation(settings.var_dir, fed.superlink_port, nodes, gateway_port=fed.fleet_gateway_port,
+                      tls=fed.tls, auth=fed.node_auth)
 
 
 def run_config(settings: Settings, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -83,7 +85,7 @@ def fl_up(settings: Settings) -> dict[str, str]:
     federation = platform_federation(settings)
     federation.up(timeout_s=max(settings.platform.start_timeout_s, 60.0))
     federation.wait_online(len(federation.sites))
-    return {federation.superlink.name: federation.superlink.url,
+    return {federation.superlink.name: federation.superlink.url, federation.gateway.name: federation.gateway.url,
             **{p.name: p.url for p in federation.nodes.values()}}
 
 
@@ -94,7 +96,7 @@ def fl_run(settings: Settings, overrides: Mapping[str, Any] | None = None) -> Pa
 
 
 def fl_down(settings: Settings) -> None:
-    """Stop every federation process (SuperLink, SuperNodes and what they spawned)."""
+    """Stop every federation process (SuperLink, Fleet gateway, SuperNodes and what they spawned)."""
     platform_federation(settings).down()
 
 

@@ -419,6 +419,7 @@ def _validate(built: dict[str, Any]) -> None:
              ("hub", "api_port", hub.api_port), ("hub", "proxy_api_port", hub.proxy_api_port),
              ("hub", "platform_api_port", hub.platform_api_port),
              ("federation", "superlink_port", built["federation"].superlink_port),
+             ("federation", "fleet_gateway_port", built["federation"].fleet_gateway_port),
              ("federation", "first_node_port", built["federation"].first_node_port)]
     for section, name, port in ports:
         if not 1 <= port <= 65535:

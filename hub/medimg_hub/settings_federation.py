@@ -29,6 +29,10 @@ class FederationSettings:
     #: the Control API (starts runs; no user authentication) and the ServerAppIo API on this
     #: single port: they cannot be split (federated/README.md, "Security of a deployment").
     superlink_port: int = 9092
+    #: The Fleet gateway's port (:mod:`medimg_hub.federation_gateway`): the only address the
+    #: SuperNodes are given. It forwards ``POST /v1/fleet/...`` to the SuperLink and answers
+    #: everything else (the Control and runtime APIs) 403.
+    fleet_gateway_port: int = 9093
     #: SuperNode ``i`` (0-based, in ``datasets`` order) serves its ClientApp API on
     #: 127.0.0.1:``first_node_port + i``.
     first_node_port: int = 9094

@@ -47,7 +47,8 @@ def platform(demo_sites, tmp_path_factory) -> Iterator[Settings]:
     root = tmp_path_factory.mktemp("platform")
     (root / "medimg.toml").write_text(
         f'[platform]\nvar_dir = "var"\n[pacs]\nhttp_port = {free_port()}\n[mlflow]\nport = {free_port()}\n'
-        f"[federation]\nsuperlink_port = {free_port()}\nfirst_node_port = {_free_run(3)}\n"
+        f"[federation]\nsuperlink_port = {free_port()}\nfleet_gateway_port = {free_port()}\n"
+        f"first_node_port = {_free_run(3)}\n"
         'rounds = 3\nlocal_epochs = 1\nmin_nodes = 2\nround_timeout_s = 300.0\nmodel_alias = "test-federated"\n')
     settings = load_settings(root / "medimg.toml")
     pacs, mlflow = OrthancServer(settings), MlflowServer(settings)
@@ -71,21 +72,43 @@ def medimg(settings: Settings, *args: str, timeout_s: float) -> str:
 
 
 def _federation_pids(settings: Settings) -> list[int]:
-    """Every federation process: SuperLink, SuperNodes and what they spawned (SuperExec, apps)."""
+    """Every federation process: SuperLink, Fleet gateway, SuperNodes and what they spawned (SuperExec, apps)."""
     federation = platform_federation(settings)
-    pids = [p for p in (proc.pid() for proc in [federation.superlink, *federation.nodes.values()]) if p]
+    processes = [federation.superlink, federation.gateway, *federation.nodes.values()]
+    pids = [p for p in (proc.pid() for proc in processes) if p]
     return pids + [c for p in pids for c in _spawned_by(p)]
+
+
+def _cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+
+
+def _assert_sites_reach_only_the_gateway(settings: Settings) -> None:
+    """The running SuperNodes were given the Fleet gateway's address; the SuperLink binds loopback."""
+    federation, fed = platform_federation(settings), settings.federation
+    for node in federation.nodes.values():
+        argv = _cmdline(node.pid())  # type: ignore[arg-type]
+        assert argv[argv.index("--superlink") + 1] == f"127.0.0.1:{fed.fleet_gateway_port}"
+    superlink = _cmdline(federation.superlink.pid())  # type: ignore[arg-type]
+    assert superlink[superlink.index("--host") + 1] == "127.0.0.1"
+    assert superlink[superlink.index("--port") + 1] == str(fed.superlink_port) != str(fed.fleet_gateway_port)
 
 
 def test_fl_up_run_down_trains_registers_and_leaves_nothing_behind(platform: Settings):
     uri = platform.mlflow_tracking_uri
     try:
         up = medimg(platform, "fl", "up", timeout_s=180)
-        assert "superlink" in up and all(f"supernode-site-{s}" in up for s in "abc")
+        assert "superlink" in up and "fleet-gateway" in up and all(f"supernode-site-{s}" in up for s in "abc")
+        _assert_sites_reach_only_the_gateway(platform)
         started = _federation_pids(platform)
-        assert len(started) >= 6  # SuperLink + 3 SuperNodes + their SuperExecs
+        assert len(started) >= 7  # SuperLink + gateway + 3 SuperNodes + their SuperExecs
         out = medimg(platform, "fl", "run", "--rounds", "2", "-c", f"model-config={TINY_MODEL}", timeout_s=900)
         assert "federated run finished" in out
+        federation = platform_federation(platform)
+        assert "refused" not in federation.gateway.log_file.read_text()  # every SuperNode call was a Fleet call
+        for node in federation.nodes.values():  # one message per round; the final model's evaluation after
+            received = node.log_file.read_text()
+            assert (received.count("Receiving: train"), received.count("Receiving: evaluate")) == (2, 1), received
     finally:
         medimg(platform, "fl", "down", timeout_s=120)
     assert not [pid for pid in started if _running(pid)], "medimg fl down left federation processes running"

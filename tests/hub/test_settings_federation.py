@@ -14,14 +14,14 @@ def test_defaults_without_a_federation_section(tmp_path):
     (tmp_path / "s.toml").write_text("[pacs]\nhttp_port = 9999\n")
     fed = load_settings(tmp_path / "s.toml").federation
     assert fed == FederationSettings()
-    assert (fed.superlink_port, fed.first_node_port, fed.rounds, fed.strategy, fed.tls, fed.node_auth) == (
-        9092, 9094, 3, "fedavg", True, True)
+    assert (fed.superlink_port, fed.fleet_gateway_port, fed.first_node_port, fed.rounds, fed.strategy, fed.tls,
+            fed.node_auth) == (9092, 9093, 9094, 3, "fedavg", True, True)
 
 
 def test_values_are_read_and_become_the_flower_run_config(tmp_path):
     (tmp_path / "s.toml").write_text(
         '[mlflow]\nport = 5600\nregistered_model = "organs"\n'
-        '[federation]\nsuperlink_port = 9200\nfirst_node_port = 9300\ndatasets = ["site-c", "site-a"]\n'
+        '[federation]\nsuperlink_port = 9200\nfleet_gateway_port = 9201\nfirst_node_port = 9300\ndatasets = ["site-c", "site-a"]\n'
         'rounds = 5\nlocal_epochs = 2\nstrategy = "fedprox"\nproximal_mu = 0.1\nmin_nodes = 1\nfraction = 0.5\n'
         'round_timeout_s = 30\ntls = false\nnode_auth = false\ndp = "server"\ndp_noise_multiplier = 0.1\n')
     settings = load_settings(tmp_path / "s.toml")
@@ -37,7 +37,9 @@ def test_values_are_read_and_become_the_flower_run_config(tmp_path):
     assert list(nodes) == ["site-c", "site-a"]
     assert nodes["site-a"]["qido-filter"] == "InstitutionName=Northfield General Hospital (synthetic)"
     federation = platform_federation(settings)
-    assert (federation.superlink_port, [s.port for s in federation.sites]) == (9200, [9300, 9301])
+    assert (federation.superlink_port, federation.gateway_port, [s.port for s in federation.sites]) == (
+        9200, 9201, [9300, 9301])
+    assert all(f"--superlink 127.0.0.1:9201 " in " ".join(n.argv) for n in federation.nodes.values())
     assert not federation.tls and not federation.auth
 
 
@@ -50,6 +52,8 @@ def test_values_are_read_and_become_the_flower_run_config(tmp_path):
     ("round_timeout_s = 0", r"\[federation\] round_timeout_s=0.0 must be positive"),
     ('datasets = ["site-x"]', r"\[federation\] datasets \['site-x'\] are not \[\[datasets\]\] names"),
     ("superlink_port = 8000", "two services share a port"),
+    ("fleet_gateway_port = 9092", "two services share a port"),
+    ("fleet_gateway_port = 70000", r"\[federation\] fleet_gateway_port=70000 is not a valid TCP port"),
     ("first_node_port = 8080", r"\[federation\] first_node_port=8080: the SuperNodes use ports 8080-8082, "
                                r"which overlap \[\('\[hub\] api_port', 8081\)\]"),
     ("tls = 1", r"\[federation\] tls must be of type bool"),
