@@ -160,6 +160,7 @@ class DatasetDirectory:
         self._lock = threading.Lock()
         self._rights: dict[frozenset[str], tuple[float, Rights]] = {}
         self._studies: dict[frozenset[str], tuple[float, frozenset[str]]] = {}
+        self._dataset_of: dict[str, tuple[float, str | None]] = {}
 
     def _fresh(self, stamp: float) -> bool:
         return time.monotonic() - stamp < self._ttl_s
@@ -178,10 +179,19 @@ class DatasetDirectory:
         return value
 
     def dataset_of(self, study_instance_uid: str) -> str | None:
-        """The dataset a study is in (``None``: in none)."""
+        """The dataset a study is in (``None``: in none); a membership is cached ``ttl_s``."""
+        with self._lock:
+            hit = self._dataset_of.get(study_instance_uid)
+        if hit and self._fresh(hit[0]):
+            return hit[1]
         with self._sessions() as session:
-            return session.scalars(select(DatasetStudy.dataset).where(
+            value = session.scalars(select(DatasetStudy.dataset).where(
                 DatasetStudy.study_instance_uid == study_instance_uid)).first()
+        with self._lock:
+            if len(self._dataset_of) > 100_000:
+                self._dataset_of.clear()
+            self._dataset_of[study_instance_uid] = (time.monotonic(), value)
+        return value
 
     def datasets_of(self, study_uids: Iterable[str]) -> dict[str, str]:
         """Datasets of several studies (studies in no dataset are left out)."""
@@ -227,6 +237,7 @@ class DatasetDirectory:
             result = assign_study(session, study_instance_uid, None, dataset=dataset)
         with self._lock:
             self._studies.clear()
+            self._dataset_of.pop(study_instance_uid, None)
         return result
 
     def remove_unknown(self, study_uids: Iterable[str]) -> None:
@@ -235,3 +246,4 @@ class DatasetDirectory:
             session.execute(delete(DatasetStudy).where(DatasetStudy.study_instance_uid.in_(sorted(set(study_uids)))))
         with self._lock:
             self._studies.clear()
+            self._dataset_of.clear()
