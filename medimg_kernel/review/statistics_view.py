@@ -18,7 +18,7 @@ class StatisticsView(w.VBox):
         self.refresh_button = w.Button(description="Refresh", icon="refresh")
         self.status = w.HTML()
         self.table = w.HTML()
-        self.plots = w.Output()
+        self.plots = w.Image(format="png", layout=w.Layout(max_width="1200px"))
         self.refresh_button.on_click(lambda _: self.refresh())
         super().__init__([w.HBox([self.refresh_button, self.status]), self.table, self.plots])
         self.add_class("medimg-statistics")
@@ -33,13 +33,14 @@ class StatisticsView(w.VBox):
         self.status.value = f"{len(frame)} decided case{'s' if len(frame) != 1 else ''}"
         summary = summary_by(frame)
         formatters = {c: "{:.0%}".format for c in summary.columns if c.endswith("_rate")}
-        formatters.update(median_review_s="{:.0f}".format, mean_dice="{:.3f}".format)
+        formatters.update(median_review_s="{:.0f}".format, mean_dice="{:.4f}".format)
         self.table.value = summary.to_html(index=False, formatters=formatters, na_rep="—", classes="medimg-summary")
-        import matplotlib.pyplot as plt
-        from IPython.display import display
+        import io
 
-        self.plots.clear_output(wait=True)
-        with self.plots:
-            figure = plot_overview(frame)
-            display(figure)
-            plt.close(figure)
+        import matplotlib.pyplot as plt
+
+        figure = plot_overview(frame)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=90)
+        plt.close(figure)
+        self.plots.value = buffer.getvalue()
