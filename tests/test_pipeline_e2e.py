@@ -17,6 +17,7 @@ import requests
 
 from medimg_hub.demo import generate_demo
 from medimg_hub.ingest import ingest_files
+from medimg_hub.mlflow_service import credentials as mlflow_credentials
 from medimg_hub.orthanc import OrthancServer
 from medimg_hub.process import free_port
 from medimg_hub.services import platform_services
@@ -98,7 +99,8 @@ def test_cohort_runs_store_seg_and_sr_with_lineage(platform):
     tasks = _wait_all(service, [t.id for t in submitted], lambda t: t.status.value in ("waiting_review", "failed"))
 
     registry = requests.get(f"{settings.mlflow_tracking_uri}/api/2.0/mlflow/model-versions/get",
-                            params={"name": "organ-segmentation", "version": str(loaded.version)}, timeout=10).json()
+                            params={"name": "organ-segmentation", "version": str(loaded.version)}, timeout=10,
+                            auth=mlflow_credentials(settings)).json()
     for task in tasks:
         segment, review = task.jobs
         assert segment.status.value == "succeeded", segment.error
@@ -123,7 +125,7 @@ def test_cohort_runs_store_seg_and_sr_with_lineage(platform):
         injected = next(c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", []))
         assert task.series_instance_uid in injected.source
         run = requests.get(f"{settings.mlflow_tracking_uri}/api/2.0/mlflow/runs/get",
-                           params={"run_id": out["mlflow_run_id"]}, timeout=10).json()["run"]
+                           params={"run_id": out["mlflow_run_id"]}, timeout=10, auth=mlflow_credentials(settings)).json()["run"]
         tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
         assert tags["medimg.task_id"] == task.id and tags["medimg.model_version"] == str(loaded.version)
         assert out["model_run_id"] == registry["model_version"]["run_id"]

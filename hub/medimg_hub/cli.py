@@ -55,6 +55,10 @@ def cli(ctx: click.Context, config_file: Path | None, verbose: bool) -> None:
     """Medical-imaging research platform: PACS, pipelines, review, federated training."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     ctx.obj = load_settings(config_file)
+    if (ctx.obj.var_dir / "secrets" / "mlflow.json").exists():  # hub side: MLflow's platform account
+        from .mlflow_service import export_client_credentials
+
+        export_client_credentials(ctx.obj)
 
 
 @cli.command()

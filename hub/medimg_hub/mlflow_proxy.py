@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import logging
 import os
 import signal
@@ -50,6 +51,7 @@ from tornado.web import Application, Finish, RedirectHandler, RequestHandler, st
 from .hubconf.roles import MLFLOW_ACCESS, MLFLOW_GROUPS
 from .platform_api.audit import AuditLog, AuditRecord
 from .platform_api.auth import AuthFailure, HubIdentities
+from .mlflow_service import credentials
 from .platform_api.models import Outcome
 from .settings import MLFLOW_PREFIX, Settings, load_settings
 
@@ -72,8 +74,9 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
 #: Request headers not forwarded: the hub's credentials and the origin checked here.
 DROPPED_REQUEST_HEADERS = HOP_BY_HOP | {"authorization", "cookie", "origin", "x-xsrftoken", "x-csrftoken",
                                         "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"}
-#: Response headers not passed on: cookies for the hub's origin are the hub's business.
-DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {"set-cookie", "server"}
+#: Response headers not passed on: cookies for the hub's origin are the hub's business, and MLflow's
+#: own login (the platform account, added here) is never offered to browsers.
+DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {"set-cookie", "server", "www-authenticate"}
 #: Methods that may carry a body.
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -97,6 +100,9 @@ class ProxyContext:
         HTTP client to the tracking server.
     audit
         The platform's audit log (``None``: log lines only).
+    upstream_auth
+        The ``Authorization`` header of the platform's MLflow account (MLflow's basic-auth app,
+        :mod:`medimg_hub.mlflow_service`), added to every forwarded request; empty: none.
     """
 
     upstream: str
@@ -105,6 +111,7 @@ class ProxyContext:
     identities: HubIdentities
     client: AsyncHTTPClient
     audit: AuditLog | None
+    upstream_auth: str = ""
     audit_executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="mlflow-audit"))
 
@@ -226,6 +233,8 @@ class MlflowProxyHandler(HubOAuthenticated, RequestHandler):  # type: ignore[mis
         headers["X-Forwarded-For"] = self.request.remote_ip or ""
         headers["X-Forwarded-Host"] = self.request.host
         headers["X-Forwarded-Proto"] = self.request.protocol
+        if self.ctx.upstream_auth:
+            headers["Authorization"] = self.ctx.upstream_auth
         return headers
 
     def _start_upstream(self) -> None:
@@ -354,9 +363,12 @@ def build_context(settings: Settings, *, audit: bool = True) -> ProxyContext:
         from .tasks.models import make_engine
 
         audit_log = AuditLog(make_engine(settings.database_url))
+    username, password = credentials(settings)
+    basic = base64.b64encode(f"{username}:{password}".encode()).decode()
     return ProxyContext(upstream=f"http://127.0.0.1:{settings.mlflow.port}",
                         prefix=prefix if prefix.endswith("/") else prefix + "/", hub_auth=hub_auth,
-                        identities=HubIdentities(hub_auth), client=client, audit=audit_log)
+                        identities=HubIdentities(hub_auth), client=client, audit=audit_log,
+                        upstream_auth=f"Basic {basic}")
 
 
 def make_app(context: ProxyContext) -> Application:

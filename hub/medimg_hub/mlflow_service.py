@@ -7,10 +7,18 @@ login that knows the hub: it listens on 127.0.0.1 and reaches people through the
 service (:mod:`medimg_hub.mlflow_proxy`) at ``/services/mlflow``. The server answers below that
 same path (``--static-prefix``, no trailing slash), so the proxy forwards paths unchanged, and it
 accepts only the Host headers people use for the hub (``--allowed-hosts``).
+
+The server requires a login of its own (MLflow's ``basic-auth`` app): one platform account
+whose password is generated into ``var/secrets/mlflow.json`` (0600) and known only hub side.
+Users' kernels, which share the loopback interface, cannot use MLflow except through the proxy,
+which checks their hub identity and role and adds the platform account upstream. Hub-side
+processes (workers, the CLI, the federation's ServerApp) get the account as
+``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` (:func:`export_client_credentials`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import sys
@@ -18,8 +26,27 @@ from pathlib import Path
 
 import requests
 
+from .credentials import stored_secret, write_private
 from .process import ManagedProcess
 from .settings import MLFLOW_PREFIX, Settings
+
+#: The platform's MLflow account (the basic-auth app's admin).
+ACCOUNT = "medimg-platform"
+#: Seconds MLflow caches a verified password (it hashes with PBKDF2 on every request otherwise).
+AUTH_CACHE_TTL_S = 60
+
+
+def credentials(settings: Settings) -> tuple[str, str]:
+    """(username, password) of the platform's MLflow account; generated on first use (hub side only)."""
+    found = stored_secret(settings.var_dir / "secrets" / "mlflow.json", {"username": ACCOUNT, "password": None})
+    return found["username"], found["password"]
+
+
+def export_client_credentials(settings: Settings) -> None:
+    """Let this (hub-side) process and its children authenticate to MLflow: set the client's variables."""
+    username, password = credentials(settings)
+    os.environ["MLFLOW_TRACKING_USERNAME"] = username
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = password
 
 
 def allowed_hosts(settings: Settings) -> list[str]:
@@ -51,8 +78,13 @@ class MlflowServer:
             "--workers", "1",
             "--static-prefix", MLFLOW_PREFIX,
             "--allowed-hosts", ",".join(allowed_hosts(settings)),
+            "--app-name", "basic-auth",
         ]
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        export_client_credentials(settings)
+        self.auth_config = settings.var_dir / "mlflow" / "basic_auth.ini"
+        flask_key = hashlib.sha256(b"medimg mlflow flask key:" + credentials(settings)[1].encode()).hexdigest()
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+               "MLFLOW_AUTH_CONFIG_PATH": str(self.auth_config), "MLFLOW_FLASK_SERVER_SECRET_KEY": flask_key}
         self.process = ManagedProcess("mlflow", argv, settings.var_dir, ready=self.is_ready, url=self.url, env=env)
 
     def is_ready(self) -> bool:
@@ -66,6 +98,13 @@ class MlflowServer:
                                   ports=[("[mlflow] port", self.settings.mlflow.port)])
 
     def _prepare(self) -> None:
+        username, password = credentials(self.settings)
+        auth_db = self.settings.var_dir / "mlflow" / "basic_auth.db"
+        write_private(self.auth_config, "\n".join([
+            "[mlflow]", "default_permission = NO_PERMISSIONS", f"database_uri = sqlite:///{auth_db}",
+            f"admin_username = {username}", f"admin_password = {password}",
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+            f"auth_cache_ttl_seconds = {AUTH_CACHE_TTL_S}", ""]))
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
         if not self.settings.mlflow.backend_store_uri:  # the default SQLite store under mlruns/
             store = self.settings.base_dir / "mlruns"

@@ -96,6 +96,9 @@ def test_engineer_token_works_with_the_mlflow_client(hub: Hub, tmp_path: Path, m
 
     token = browser(hub, "engineer1").new_token("engineer1")
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", token)
+    # like a kernel: the hub token only, never the platform's MLflow account (this process is hub side)
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     payload = secrets.token_bytes(3 << 20)  # 3 MB: several chunks each way
     (tmp_path / "weights.bin").write_bytes(payload)
@@ -161,3 +164,17 @@ def test_engineers_kernel_tracks_runs_through_the_hub(hub: Hub, admin_token: str
     finally:
         requests.delete(f"{hub.url}/hub/api/users/engineer1/server", headers={"Authorization": f"token {admin_token}"},
                         timeout=60)
+
+
+def test_mlflow_itself_refuses_callers_without_the_platform_account(hub: Hub) -> None:
+    """Kernels share the loopback interface: MLflow must not answer them except through the proxy."""
+    import requests as plain
+
+    settings = hub.settings
+    direct = f"http://127.0.0.1:{settings.mlflow.port}/services/mlflow/api/2.0/mlflow/experiments/search"
+    refused = plain.post(direct, json={"max_results": 1}, timeout=10)
+    assert refused.status_code == 401
+    from medimg_hub.mlflow_service import credentials
+
+    allowed = plain.post(direct, json={"max_results": 1}, timeout=10, auth=credentials(settings))
+    assert allowed.status_code == 200

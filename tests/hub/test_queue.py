@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from medimg_hub.mlflow_service import credentials as mlflow_credentials
 from medimg_hub.process import free_port
 from medimg_hub.services import platform_services
 from medimg_hub.settings import (
@@ -101,12 +102,14 @@ def test_run_reaches_review_and_a_decision_finishes_it(platform, tmp_path):
     assert Path(work.outputs["executed_notebook"]).exists()
 
     run = requests.get(f"{settings.mlflow_tracking_uri}/api/2.0/mlflow/runs/get",
-                       params={"run_id": work.outputs["mlflow_run_id"]}, timeout=10).json()["run"]
+                       params={"run_id": work.outputs["mlflow_run_id"]}, timeout=10,
+                       auth=mlflow_credentials(settings)).json()["run"]
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
     assert tags["medimg.job_id"] == work.id and tags["medimg.task_id"] == task.id
     assert {m["key"]: m["value"] for m in run["data"]["metrics"]} == {"answer": 42.0}
     artifacts = requests.get(f"{settings.mlflow_tracking_uri}/api/2.0/mlflow/artifacts/list",
-                             params={"run_id": run["info"]["run_id"], "path": "notebook"}, timeout=10).json()
+                             params={"run_id": run["info"]["run_id"], "path": "notebook"}, timeout=10,
+                             auth=mlflow_credentials(settings)).json()
     assert [f["path"] for f in artifacts["files"]] == ["notebook/work.ipynb"]
 
     with pytest.raises(Exception, match="waiting_review|not a manual|cannot"):
