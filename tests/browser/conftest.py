@@ -3,7 +3,7 @@
 Fixtures
 --------
 chromium_browser
-    Session-scoped Playwright ``Browser``: Debian's ``/usr/bin/chromium`` launched headless with
+    Package-scoped Playwright ``Browser`` (closed after tests/browser, see the fixture): Debian's ``/usr/bin/chromium`` launched headless with
     ``--headless=new --no-sandbox --disable-gpu`` (DESIGN.md §6). Skips the test, saying why, only
     when chromium is not installed (``scripts/bootstrap.sh`` installs it). Never downloads a browser.
 voila_server
@@ -32,8 +32,10 @@ pytest.importorskip("playwright", reason="pip package playwright is not installe
 from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def chromium_browser() -> Iterator[Browser]:
+    # Package scope, not session: Playwright's sync API runs an event loop in the main thread while
+    # it is open, and later tests that call asyncio.run() (tests/hub) must not find one running.
     if chromium_executable() is None:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium, or scripts/bootstrap.sh)")
     with sync_playwright() as playwright:
