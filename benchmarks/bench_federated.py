@@ -8,7 +8,11 @@ studies are split into train and hold-out by UID hash exactly as its ClientApp s
 simulation mode (:mod:`medimg_hub.federation_sim`; same ServerApp, FedAvg and ClientApp as a
 deployment), ``E`` rounds × 1 local epoch (the same number of passes over each site's data,
 cosine LR over rounds). Both are scored by mean Dice over organs (liver, spleen, kidney) on the
-union of the sites' hold-out series, on their original grids. Value: federated − pooled.
+union of the sites' hold-out series, on their original grids. Value: federated − pooled, each
+the mean over ``--repeats`` seeds (default 3). Pooled training is deterministic here (it comes out
+the same for every seed); the federated runs vary by about ±0.01 Dice between seeds, and a single
+run once measured −0.023, so one run is not enough to judge a 0.02 margin. Per-seed values are in
+``details``.
 
 ``federated_round_overhead``: the same app deployed (SuperLink + 3 SuperNode processes on
 loopback, ``flwr run``), ``R`` rounds. A round is one message per site: it evaluates the received
@@ -24,7 +28,7 @@ evaluate-only message after the last round (the final model's evaluation), once 
 Before 2026-12-02 a round was two messages (train, then evaluate) and the wall time was measured
 between aggregated evaluations; the work counted per round is the same.
 
-Run: ``python benchmarks/bench_federated.py [--epochs 20] [--studies-per-site 4] [--rounds 3]``
+Run: ``python benchmarks/bench_federated.py [--epochs 20] [--studies-per-site 4] [--rounds 3] [--repeats 3]``
 """
 
 from __future__ import annotations
@@ -64,7 +68,20 @@ def _federated_run_id(uri: str) -> str:
     return client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])[0].info.run_id
 
 
+def dice_gaps(sites: dict[str, Path], epochs: int, work: Path, repeats: int) -> dict[str, object]:
+    """:func:`dice_gap` with seeds 0 … repeats-1 (weight init and shuffling); the gap of the means."""
+    runs = []
+    for seed in range(repeats):
+        torch.manual_seed(seed)
+        runs.append(dice_gap(sites, epochs, work / f"seed-{seed}"))
+    pooled = statistics.mean(r["pooled_dice"] for r in runs)
+    federated = statistics.mean(r["federated_dice"] for r in runs)
+    return {"pooled_dice": pooled, "federated_dice": federated, "gap": federated - pooled, "seeds": repeats,
+            "per_seed": [{k: round(v, 4) for k, v in r.items()} for r in runs]}
+
+
 def dice_gap(sites: dict[str, Path], epochs: int, work: Path) -> dict[str, float]:
+    work.mkdir(parents=True, exist_ok=True)
     config = SegmentationModelConfig()
     data = {s: load_site_data(SiteConfig(s, folder=str(f)), config) for s, f in sites.items()}
     train = [p for d in data.values() for p in d.train]
@@ -133,6 +150,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-gap", action="store_true")
     parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3, help="seeds averaged for the Dice gap (single runs vary ±0.02)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
     command = "python benchmarks/bench_federated.py " + " ".join(sys.argv[1:])
@@ -143,13 +161,15 @@ def main() -> None:
         common = {"sites": list(sites), "studies_per_site": args.studies_per_site, "model": "default config",
                   "app": str(APP_DIR.relative_to(APP_DIR.parent))}
         if not args.skip_gap:
-            gap = dice_gap(sites, args.epochs, work)
-            write_result("federated_dice_gap", value=round(gap["federated_dice"] - gap["pooled_dice"], 4),
+            gap = dice_gaps(sites, args.epochs, work, args.repeats)
+            write_result("federated_dice_gap", value=round(float(gap["gap"]), 4),  # type: ignore[arg-type]
                          goal=">= -0.02", unit="Dice", command=command,
-                         details={**common, **{k: round(v, 4) for k, v in gap.items()}, "epochs": args.epochs,
+                         details={**common, **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in gap.items()},
+                                  "epochs": args.epochs,
                                   "federated": f"FedAvg, {args.epochs} rounds x 1 local epoch, simulation mode",
                                   "definition": "mean Dice over organs on the union of site hold-outs; "
-                                                "federated minus pooled, same passes over the data"})
+                                                "federated minus pooled, same passes over the data, "
+                                                "each the mean over the seeds"})
         if not args.skip_overhead:
             over = round_overhead(sites, args.rounds, work)
             value = statistics.median(r["overhead_ratio"] for r in over["rounds"])  # type: ignore[index]
