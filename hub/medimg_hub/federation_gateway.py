@@ -36,14 +36,16 @@ import argparse
 import asyncio
 import logging
 import re
-import signal
 import ssl
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
+
+from .service_runner import LOG_FORMAT, stop_requested
 
 log = logging.getLogger("medimg_hub.federation_gateway")  # also when run as __main__
 
@@ -182,8 +184,8 @@ class FleetGateway:
             await self._session.close()
 
 
-async def serve(config: GatewayConfig, stop: asyncio.Event) -> None:
-    """Serve until ``stop`` is set."""
+async def serve(config: GatewayConfig, stop: Awaitable[None]) -> None:
+    """Serve until ``stop`` completes (e.g. :func:`~medimg_hub.service_runner.stop_requested`)."""
     gateway = FleetGateway(config)
     runner = web.ServerRunner(web.Server(gateway.handle, access_log=None), handle_signals=False)
     await runner.setup()
@@ -192,7 +194,7 @@ async def serve(config: GatewayConfig, stop: asyncio.Event) -> None:
     log.info("Fleet gateway on %s://%s:%d -> %s", "https" if config.certfile else "http", config.host,
              config.port, gateway.upstream)
     try:
-        await stop.wait()
+        await stop
     finally:
         await runner.cleanup()
         await gateway.close()
@@ -208,17 +210,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keyfile", type=Path, help="The certificate's private key (PEM).")
     parser.add_argument("--cafile", type=Path, help="CA that signed the SuperLink's certificate.")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     config = GatewayConfig(args.host, args.port, args.upstream, args.certfile, args.keyfile, args.cafile)
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(config, stop)
-
-    asyncio.run(run())
+    asyncio.run(serve(config, stop_requested()))
 
 
 if __name__ == "__main__":

@@ -29,12 +29,10 @@ hub/jupyterhub_config.py).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import logging
 import os
-import signal
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +51,7 @@ from .platform_api.audit import AuditLog, AuditRecord
 from .platform_api.auth import AuthFailure, HubIdentities
 from .mlflow_service import credentials
 from .platform_api.models import Outcome
+from .service_runner import run_service, stop_requested
 from .settings import MLFLOW_PREFIX, Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -391,25 +390,14 @@ async def serve(config: str | None) -> None:
     host, port = url.hostname or "127.0.0.1", url.port or settings.hub.mlflow_proxy_port
     server = make_app(context).listen(port, address=host, xheaders=False)
     log.info("MLflow proxy listening on %s:%d, %s -> %s", host, port, context.prefix, context.upstream)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await stop_requested()
     server.stop()
     context.audit_executor.shutdown(wait=True)
     log.info("MLflow proxy stopped")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m medimg_hub.mlflow_proxy", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help="settings file (default: medimg.toml or $MEDIMG_CONFIG)",
-                        default=os.environ.get("MEDIMG_CONFIG"))
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(args.config))
-    return 0
+    return run_service("python -m medimg_hub.mlflow_proxy", __doc__.split("\n")[0], serve, argv)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,11 @@ Listens on ``JUPYTERHUB_SERVICE_URL`` when JupyterHub starts it, else on
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import logging
 import os
-import signal
 from urllib.parse import urlparse
 
+from ..service_runner import run_service, stop_requested
 from ..settings import load_settings
 from .app import build_context, make_app
 
@@ -35,11 +33,7 @@ async def serve(config: str | None) -> None:
     host, port = _address(env, settings.hub.platform_api_port)
     server = make_app(context).listen(port, address=host, xheaders=False)
     log.info("platform API listening on %s:%d, prefix %s", host, port, context.prefix)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await stop_requested()
     server.stop()
     await context.orthanc.close()
     context.audit_executor.shutdown(wait=True)  # every pending audit record written
@@ -48,14 +42,7 @@ async def serve(config: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m medimg_hub.platform_api", description=__doc__)
-    parser.add_argument("--config", help="settings file (default: medimg.toml or $MEDIMG_CONFIG)",
-                        default=os.environ.get("MEDIMG_CONFIG"))
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(args.config))
-    return 0
+    return run_service("python -m medimg_hub.platform_api", __doc__ or "", serve, argv)
 
 
 if __name__ == "__main__":
