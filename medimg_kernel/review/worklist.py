@@ -21,10 +21,6 @@ from ..platform_client import ReviewAPI
 
 log = logging.getLogger(__name__)
 
-#: Columns the worklist sorts by (``sort_by`` trait), each with its key.
-SORT_KEYS: dict[str, Callable[[WorklistRow], Any]] = {}
-
-
 @dataclass(frozen=True)
 class WorklistRow:
     """One job waiting for review, as the worklist shows it."""
@@ -48,10 +44,11 @@ class WorklistRow:
         return f"{days}d {hours}h" if days else (f"{hours}h {mins}m" if hours else f"{mins}m")
 
 
-SORT_KEYS.update({
+#: Columns the worklist sorts by (``sort_by`` trait), each with its key (oldest first within a column).
+SORT_KEYS: dict[str, Callable[[WorklistRow], Any]] = {
     "age": lambda r: -r.age_s, "study date": lambda r: r.study_date, "site": lambda r: (r.dataset, -r.age_s),
     "pipeline": lambda r: (r.pipeline, -r.age_s), "model": lambda r: (r.model, -r.age_s),
-})
+}
 
 
 def _parse_time(value: str) -> datetime:
