@@ -25,7 +25,7 @@ from contextlib import aclosing
 from http import HTTPStatus
 from typing import Any
 
-from tornado.iostream import StreamClosedError
+from tornado.iostream import SSLIOStream, StreamClosedError
 from tornado.web import stream_request_body
 
 from . import relay
@@ -61,6 +61,8 @@ class DicomWebHandler(PlatformHandler):
 
     route = "dicom-web"
     spool: Any = None
+    #: Set while worker threads read the spool (post()): then post() closes it, never the event loop.
+    spool_in_use = False
     close_on_refusal = True
 
     async def prepare(self) -> None:
@@ -90,7 +92,9 @@ class DicomWebHandler(PlatformHandler):
             self.bytes_in += len(chunk)
 
     def on_connection_close(self) -> None:
-        if self.spool is not None:
+        # Closing a file that a worker thread reads would free its descriptor number for the next
+        # accepted connection (whose bytes the thread would then read): post() closes it instead.
+        if self.spool is not None and not self.spool_in_use:
             self.spool.close()
 
     async def _rights(self) -> Rights:
@@ -172,7 +176,7 @@ class DicomWebHandler(PlatformHandler):
             self.refuse(403, "study not in a dataset the caller may read")
         self.audit_fields["dataset"] = dataset
         accept = clean_header(self.request.headers.get("Accept"), "*/*")
-        if relay.AVAILABLE:
+        if relay.AVAILABLE and not isinstance(self.request.connection.stream, SSLIOStream):  # type: ignore[attr-defined]
             await self._wado_relay(accept)
             return
         status, headers, chunks = await self.ctx.orthanc.open_stream(self.target.path, encode_query(self.query),
@@ -194,7 +198,12 @@ class DicomWebHandler(PlatformHandler):
             self.audit_fields["detail"] = "caller closed the connection"
 
     async def _wado_relay(self, accept: str) -> None:
-        """Pass Orthanc's response body to the caller with ``splice`` (:mod:`.relay`), then close."""
+        """Pass Orthanc's response body to the caller with ``splice`` (:mod:`.relay`), then close.
+
+        The relay thread gets a descriptor of the caller's connection that only it holds, and
+        tornado's own is closed before the relay starts: when the caller hangs up, no descriptor
+        number the relay writes to can be handed to another connection (:mod:`.relay`).
+        """
         try:
             answer = await self.ctx.orthanc.open_relay(self.target.path, encode_query(self.query), {"Accept": accept})
         except UpstreamError as exc:
@@ -211,19 +220,29 @@ class DicomWebHandler(PlatformHandler):
         stream = self.detach()  # the connection is ours now; tornado will not finish this request
         self._finished = True
         try:
-            stream.socket.setblocking(True)
-            sent = await self.ctx.run(relay.relay, answer.sock, stream.socket, head + answer.body_start)
-            self.bytes_out = sent - len(head)
-        except OSError:
-            self.audit_fields["detail"] = "caller closed the connection"
-        finally:
+            caller = relay.adopt(stream.socket)
+        except OSError as exc:
             answer.close()
-            stream.close()
+            self.audit_fields["detail"] = f"relay not started: {type(exc).__name__}"
+            self.set_status(502)
+            return self.on_finish()
+        finally:
+            stream.close()  # tornado's descriptor: from here on only the relay holds the connection
+        result = relay.RelayResult(0, "caller")  # if this coroutine is cancelled, the relay still ends on its own
+        try:
+            result = await self.ctx.run(relay.relay, answer.sock, caller, head + answer.body_start)
+        finally:
+            self.bytes_out = max(0, result.sent - len(head))
+            if result.failed == "caller":
+                self.audit_fields["detail"] = f"caller closed the connection after {self.bytes_out} body bytes"
+            elif result.failed == "orthanc":
+                self.audit_fields["detail"] = f"Orthanc stopped sending after {self.bytes_out} body bytes"
             self.on_finish()  # audit and metrics, as finish() would
 
     # --- STOW-RS ----------------------------------------------------------------------------------
 
     async def post(self, *_: str) -> None:
+        self.spool_in_use = True
         try:
             await self._stow()
         except BadRequest as exc:

@@ -9,8 +9,19 @@ passed on unchanged, with the same ``Transfer-Encoding`` / ``Content-Length``; t
 connection is closed afterwards. The caller reading slowly blocks the relay (back-pressure);
 nothing is ever held whole in memory.
 
+**Who owns the descriptors.** The relay runs in a worker thread and works on descriptor
+*numbers*. If anything else closed the caller's socket while it ran (tornado does, as soon as it
+sees the caller hang up), the number would be handed to the next accepted connection and the rest
+of the body would go to whoever opened it: another user. So the relay never borrows a socket:
+:func:`adopt` gives it a duplicate descriptor of the caller's connection that nothing else holds
+(the web server's own descriptor is closed at once), and :func:`relay` closes both of its sockets
+itself, in its own thread, after its last write. A descriptor number can therefore only be reused
+once the relay has stopped using it, whatever happens to the request on the event loop
+(caller gone, handler cancelled, server stopping). Stalls on either side end the relay after
+:data:`STALL_TIMEOUT_S` (``SO_RCVTIMEO`` / ``SO_SNDTIMEO``, which ``splice`` honours).
+
 Where ``os.splice`` does not exist (not Linux), :data:`AVAILABLE` is False and the gateway
-streams through :mod:`.upstream` instead.
+streams through :mod:`.upstream` instead; so it does for TLS connections (nothing to splice).
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ import base64
 import fcntl
 import os
 import socket
+import struct
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -31,6 +43,8 @@ MAX_HEAD_BYTES = 64 << 10
 #: Seconds to connect to Orthanc and to wait for its response head.
 CONNECT_TIMEOUT_S = 5.0
 HEAD_TIMEOUT_S = 300.0
+#: Seconds without progress (Orthanc sending nothing, or the caller reading nothing) that end a relay.
+STALL_TIMEOUT_S = 300.0
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
@@ -49,6 +63,24 @@ class OrthancResponse:
 
     def close(self) -> None:
         self.sock.close()
+
+
+@dataclass(frozen=True)
+class RelayResult:
+    """How a relay ended.
+
+    Attributes
+    ----------
+    sent
+        Bytes written to the caller (the head included).
+    failed
+        ``None`` when Orthanc's body was passed on whole; ``"caller"`` when writing to the caller
+        failed (it closed the connection, or stopped reading for :data:`STALL_TIMEOUT_S`);
+        ``"orthanc"`` when reading from Orthanc failed or stalled.
+    """
+
+    sent: int
+    failed: str | None = None
 
 
 def open_orthanc(url: str, auth: tuple[str, str], headers: dict[str, str]) -> OrthancResponse:
@@ -79,6 +111,7 @@ def open_orthanc(url: str, auth: tuple[str, str], headers: dict[str, str]) -> Or
                 raise RelayError("Orthanc closed the connection or sent an oversized head")
             head += data
         sock.settimeout(None)
+        _stall_timeout(sock, socket.SO_RCVTIMEO)
         raw_head, body_start = head.split(b"\r\n\r\n", 1)
         status_line, *header_lines = raw_head.decode("latin-1").split("\r\n")
         version, status, *_ = status_line.split(" ", 2)
@@ -96,29 +129,67 @@ def open_orthanc(url: str, auth: tuple[str, str], headers: dict[str, str]) -> Or
         raise RelayError(f"reading Orthanc's answer: {type(exc).__name__}") from None
 
 
-def relay(source: socket.socket, target: socket.socket, head: bytes) -> int:
+def adopt(caller: socket.socket) -> socket.socket:
+    """A blocking socket of the caller's connection, on a descriptor only the relay holds.
+
+    The caller's web server must close its own socket right after (tornado: ``IOStream.close()``
+    once the handler has detached): the connection then stays open through the returned socket
+    alone, and ends when :func:`relay` closes it.
+    """
+    own = caller.dup()
+    try:
+        own.setblocking(True)  # O_NONBLOCK is shared with the server's descriptor: set it after dup
+        _stall_timeout(own, socket.SO_SNDTIMEO)
+    except OSError:
+        own.close()
+        raise
+    return own
+
+
+def relay(source: socket.socket, target: socket.socket, head: bytes) -> RelayResult:
     """Send ``head`` to ``target``, then splice everything ``source`` sends until it closes (blocking).
 
-    Returns the number of bytes sent to ``target`` (``head`` included). ``target`` must be in
-    blocking mode. Raises ``OSError`` (e.g. ``BrokenPipeError``) when the caller goes away.
+    Both sockets belong to the relay from the call on: they are closed here, after the last write,
+    whatever happens (``target`` from :func:`adopt`, ``source`` from :func:`open_orthanc`).
+    Never raises for a failing peer: the result says which side failed.
     """
-    target.sendall(head)
-    sent = len(head)
-    pipe_r, pipe_w = os.pipe()
+    sent = 0
     try:
         try:
-            fcntl.fcntl(pipe_w, _F_SETPIPE_SZ, PIPE_BYTES)
+            target.sendall(head)
         except OSError:
-            pass  # the default pipe size (64 kB) works, just with more calls
-        src, dst = source.fileno(), target.fileno()
-        while True:
-            moved = os.splice(src, pipe_w, PIPE_BYTES)
-            if moved == 0:
-                return sent
-            while moved:
-                out = os.splice(pipe_r, dst, moved)
-                moved -= out
-                sent += out
+            return RelayResult(sent, "caller")
+        sent = len(head)
+        pipe_r, pipe_w = os.pipe()
+        try:
+            try:
+                fcntl.fcntl(pipe_w, _F_SETPIPE_SZ, PIPE_BYTES)
+            except OSError:
+                pass  # the default pipe size (64 kB) works, just with more calls
+            src, dst = source.fileno(), target.fileno()
+            while True:
+                try:
+                    moved = os.splice(src, pipe_w, PIPE_BYTES)
+                except OSError:
+                    return RelayResult(sent, "orthanc")
+                if moved == 0:
+                    return RelayResult(sent)
+                while moved:
+                    try:
+                        out = os.splice(pipe_r, dst, moved)
+                    except OSError:
+                        return RelayResult(sent, "caller")
+                    moved -= out
+                    sent += out
+        finally:
+            os.close(pipe_r)
+            os.close(pipe_w)
     finally:
-        os.close(pipe_r)
-        os.close(pipe_w)
+        source.close()
+        target.close()
+
+
+def _stall_timeout(sock: socket.socket, option: int) -> None:
+    """Make blocking reads (``SO_RCVTIMEO``) or writes (``SO_SNDTIMEO``) fail after :data:`STALL_TIMEOUT_S`."""
+    seconds = int(STALL_TIMEOUT_S)
+    sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", seconds, int((STALL_TIMEOUT_S - seconds) * 1e6)))
