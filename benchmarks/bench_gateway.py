@@ -4,12 +4,14 @@ A real Orthanc, a real JupyterHub + configurable-http-proxy and the platform API
 service (tests/hub/hubfixture.py's test configuration), on free loopback ports. One
 200 × 512 × 512 CT series (105 MB) in a dataset the benchmark user may read.
 
-* ``gateway_throughput``: ``DICOMwebHTTPClient.retrieve_series`` through the gateway (its own
-  port, authenticated with a hub token: auth, grant check, audit, streaming) vs straight to
-  Orthanc (basic auth), interleaved; value = direct median time / gateway median time. The same
-  through the hub's proxy is in the details.
-* ``gateway_qido_p95_overhead_ms``: QIDO-RS ``search_for_studies`` p95 latency through the
-  gateway minus direct, in ms (goal: at most 5 ms + 5 % of the direct p95).
+* ``gateway_throughput``: ``DICOMwebHTTPClient.retrieve_series`` on the route a kernel takes
+  (the ``MEDIMG_DICOMWEB_URL`` that :func:`medimg_hub.hubconf.routes.kernel_environment` gives
+  every user's server: the platform API's own port, authenticated with a hub token: auth, grant
+  check, audit, splice relay) vs straight to Orthanc (basic auth), interleaved; value = direct
+  median time / kernel-route median time. The same through the hub's proxy (the browsers' URL,
+  which kernels no longer use) is in the details.
+* ``gateway_qido_p95_overhead_ms``: QIDO-RS ``search_for_studies`` p95 latency on the kernel's
+  route minus direct, in ms (goal: at most 5 ms + 5 % of the direct p95).
 
 Run: ``python benchmarks/bench_gateway.py``
 """
@@ -29,6 +31,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchlib import interleaved_medians, median, write_result  # noqa: E402
+from medimg_hub.hubconf.routes import kernel_environment  # noqa: E402
 from medimg_hub.ingest import ingest_files  # noqa: E402
 from medimg_hub.orthanc import OrthancServer  # noqa: E402
 from medimg_hub.platform_api.datasets import ingest_assigner, sync_datasets  # noqa: E402
@@ -88,8 +91,9 @@ def main() -> None:
         hub.add_user("bob", ("bench-readers",))
         session = requests.Session()
         session.headers["Authorization"] = f"token {hub.new_token('bob')}"
+        kernel_url = kernel_environment(settings)["MEDIMG_DICOMWEB_URL"]
         clients = {"direct": pacs.client(),
-                   "gateway": DICOMwebHTTPClient(hub.direct_url + "dicom-web", session=session),
+                   "gateway": DICOMwebHTTPClient(kernel_url, session=session),
                    "proxy": DICOMwebHTTPClient(hub.platform_url + "dicom-web", session=session)}
 
         def retrieve(name: str):
@@ -121,7 +125,8 @@ def _report(times: dict[str, list[float]], qido: dict[str, list[float]], pacs: O
     ratio = t["direct"] / t["gateway"]
     common = {"series": f"{SHAPE[0]} x {SHAPE[1]} x {SHAPE[2]} CT, {size / 1e6:.1f} MB", "repeats": REPEATS,
               "client": "medimg_kernel.client.DICOMwebHTTPClient", "server": "Orthanc 1.10.1 + DICOMweb 1.7, loopback",
-              "hub": "JupyterHub 6.1.1 + configurable-http-proxy, platform API as managed service"}
+              "hub": "JupyterHub 6.1.1 + configurable-http-proxy, platform API as managed service",
+              "route": "the kernel's MEDIMG_DICOMWEB_URL: the platform API's own port (not the hub's proxy)"}
     write_result("gateway_throughput", value=round(ratio, 3), goal=">= 0.9", unit="x direct throughput",
                  command="python benchmarks/bench_gateway.py", details={
                      **common, "gateway_median_s": round(t["gateway"], 4), "direct_median_s": round(t["direct"], 4),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from medimg_hub.hubconf import GpuPool, HubState, hub_roles
 from medimg_hub.hubconf.auth import authenticator_config
+from medimg_hub.hubconf.routes import kernel_environment
 from medimg_hub.hubconf.roles import MLFLOW_SERVICE, PLATFORM_SERVICE, ROLE_GROUPS
 from medimg_hub.hubconf.state import proxy_command
 from medimg_hub.hubconf.users import secure_state_dir
@@ -109,9 +110,9 @@ c.Spawner.start_timeout = hub.spawn_timeout_s
 c.Spawner.http_timeout = hub.spawn_timeout_s
 c.Spawner.disable_user_config = True
 c.Spawner.environment = {
-    # Kernels reach images only through the platform's gateway, with their server's hub token.
-    "MEDIMG_DICOMWEB_URL": f"{PUBLIC_URL}/services/{PLATFORM_SERVICE}/dicom-web",
-    "MEDIMG_PLATFORM_URL": f"{PUBLIC_URL}/services/{PLATFORM_SERVICE}",
+    # Kernels reach images only through the platform's gateway, with their server's hub token,
+    # on the service's own port (medimg_hub.hubconf.routes: the proxy halves WADO throughput).
+    **kernel_environment(settings),
     "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "hub")]),
 }
 c.JupyterHub.allow_named_servers = False

@@ -80,7 +80,9 @@ c.JupyterHub.authenticator_class = "dummy"
 c.Authenticator.allow_all = True
 c.JupyterHub.spawner_class = "simple"
 c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server", {access!r}]
-c.Spawner.environment = {{"MEDIMG_DICOMWEB_URL": "http://127.0.0.1:{port}{prefix}dicom-web"}}
+# as hub/jupyterhub_config.py does (medimg_hub.hubconf.routes): kernels call the service's own port
+c.Spawner.environment = {{"MEDIMG_DICOMWEB_URL": "http://127.0.0.1:{service_port}{prefix}dicom-web",
+                         "MEDIMG_PLATFORM_URL": "http://127.0.0.1:{service_port}{prefix}".rstrip("/")}}
 c.JupyterHub.services = [
     {{"name": "test-admin", "api_token": {admin_token!r}}},
     {{"name": {service!r}, "url": "http://127.0.0.1:{service_port}", "display": False,
