@@ -5,7 +5,7 @@ contrast; :mod:`medimg_kernel.phantom`) are written as files, one folder per sit
 studies are split into train and hold-out by UID hash exactly as its ClientApp splits them.
 *Pooled*: one network trained on every site's training series for ``E`` epochs
 (:func:`medimg_kernel.training.train_epochs`, cosine LR). *Federated*: the Flower app in
-simulation mode (:mod:`medimg_hub.federation_sim`; same ServerApp, FedAvg and ClientApp as a
+simulation mode (:mod:`medimg_hub.federation.simulation`; same ServerApp, FedAvg and ClientApp as a
 deployment), ``E`` rounds × 1 local epoch (the same number of passes over each site's data,
 cosine LR over rounds). Both are scored by mean Dice over organs (liver, spleen, kidney) on the
 union of the sites' hold-out series, on their original grids. Value: federated − pooled, each
@@ -45,11 +45,11 @@ import torch
 from mlflow import MlflowClient
 
 from benchlib import write_result
-from medimg_hub.demo import generate_demo
-from medimg_hub.federation import APP_DIR, Federation, SiteNode
-from medimg_hub.federation_sim import simulate
-from medimg_hub.process import free_port
-from medimg_hub.settings_federation import FederationSettings
+from medimg_hub.demo.sites import generate_demo
+from medimg_hub.federation.deployment import APP_DIR, Federation, SiteNode
+from medimg_hub.federation.simulation import simulate
+from medimg_hub.servers.process import free_port
+from medimg_hub.settings.federation import FederationSettings
 from medimg_kernel.federated import SiteConfig, load_site_data
 from medimg_kernel.model import SegmentationModelConfig, build_network
 from medimg_kernel.training import train_epochs, validate

@@ -32,14 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchlib import interleaved_medians, median, write_result  # noqa: E402
 from medimg_hub.hubconf.routes import kernel_environment  # noqa: E402
-from medimg_hub.ingest import ingest_files  # noqa: E402
-from medimg_hub.orthanc import OrthancServer  # noqa: E402
-from medimg_hub.platform_api.datasets import ingest_assigner, sync_datasets  # noqa: E402
-from medimg_hub.process import free_port  # noqa: E402
+from medimg_hub.pacs.ingest import ingest_files  # noqa: E402
+from medimg_hub.pacs.orthanc import OrthancServer  # noqa: E402
+from medimg_hub.access.datasets import ingest_assigner, sync_datasets  # noqa: E402
+from medimg_hub.servers.process import free_port  # noqa: E402
 from medimg_hub.settings import (DatasetSettings, HubSettings, PacsSettings, PlatformSettings,  # noqa: E402
                                  QueueSettings, Settings, TasksSettings)
-from medimg_hub.tasks import upgrade  # noqa: E402
-from medimg_hub.tasks.models import make_engine  # noqa: E402
+from medimg_hub.pipeline import upgrade  # noqa: E402
+from medimg_hub.pipeline.models import make_engine  # noqa: E402
 from medimg_kernel.client import DICOMwebHTTPClient  # noqa: E402
 from medimg_kernel.synthetic import SyntheticPatient, ct_series_from_volume  # noqa: E402
 from medimg_kernel.volume import Volume  # noqa: E402

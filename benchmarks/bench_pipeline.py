@@ -25,16 +25,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import write_result  # noqa: E402
 
 import medimg_kernel as mk  # noqa: E402
-from medimg_hub.demo import generate_demo  # noqa: E402
-from medimg_hub.ingest import ingest_files  # noqa: E402
-from medimg_hub.orthanc import OrthancServer  # noqa: E402
-from medimg_hub.process import free_port  # noqa: E402
-from medimg_hub.services import platform_services  # noqa: E402
+from medimg_hub.demo.sites import generate_demo  # noqa: E402
+from medimg_hub.pacs.ingest import ingest_files  # noqa: E402
+from medimg_hub.pacs.orthanc import OrthancServer  # noqa: E402
+from medimg_hub.servers.process import free_port  # noqa: E402
+from medimg_hub.stack import platform_services  # noqa: E402
 from medimg_hub.settings import (  # noqa: E402
     MlflowSettings, PacsSettings, PlatformSettings, QueueSettings, Settings, TasksSettings,
 )
-from medimg_hub.tasks.migrations import upgrade  # noqa: E402
-from medimg_hub.tasks.service import RunTarget, TaskService  # noqa: E402
+from medimg_hub.db.migrations import upgrade  # noqa: E402
+from medimg_hub.pipeline.service import RunTarget, TaskService  # noqa: E402
 from medimg_kernel.model import segment_volume, select_device  # noqa: E402
 from medimg_kernel.registry import ensure_segmentation_model, load_segmentation_model  # noqa: E402
 from medimg_kernel.segmentation import AlgorithmIdentification  # noqa: E402

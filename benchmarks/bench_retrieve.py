@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from benchlib import interleaved_medians, median, write_result
-from medimg_hub.orthanc import OrthancServer
-from medimg_hub.process import free_port
+from medimg_hub.pacs.orthanc import OrthancServer
+from medimg_hub.servers.process import free_port
 from medimg_hub.settings import PacsSettings, PlatformSettings, Settings
 from medimg_kernel.client import ACCEPT_STORED
 from medimg_kernel.synthetic import SyntheticPatient, ct_series_from_volume

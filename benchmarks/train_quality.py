@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 from benchlib import write_result
-from medimg_hub.demo import generate_demo
-from medimg_hub.ingest import ingest_files
-from medimg_hub.orthanc import OrthancServer
-from medimg_hub.process import free_port
+from medimg_hub.demo.sites import generate_demo
+from medimg_hub.pacs.ingest import ingest_files
+from medimg_hub.pacs.orthanc import OrthancServer
+from medimg_hub.servers.process import free_port
 from medimg_hub.settings import PacsSettings, PlatformSettings, Settings
 from medimg_kernel.datasets import load_training_pairs, split_holdout
 from medimg_kernel.model import SegmentationModelConfig

@@ -10,7 +10,7 @@ current run, in memory. Without a worker the ClientApp does the work itself (sim
 
 This module imports only Flower's record types, numpy and the standard library; the worker
 imports :mod:`task` when it starts. Run a worker with
-``python site_worker.py --socket PATH --key-file PATH`` (``medimg_hub.federation`` does).
+``python site_worker.py --socket PATH --key-file PATH`` (``medimg_hub.federation.deployment`` does).
 """
 
 from __future__ import annotations

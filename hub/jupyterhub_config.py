@@ -1,6 +1,6 @@
 # JupyterHub configuration of the medimg platform (DESIGN.md §1–§3).
 #
-# Started by `medimg up` (medimg_hub.hub_service.JupyterHubServer) as
+# Started by `medimg up` (medimg_hub.servers.jupyterhub.JupyterHubServer) as
 #     MEDIMG_CONFIG=<settings file> jupyterhub -f hub/jupyterhub_config.py
 # Every value comes from the ONE settings file ([hub] and [platform] in medimg.toml); helpers live
 # in medimg_hub.hubconf. Topic blocks, in order: network, state and secrets, authentication,
@@ -120,14 +120,14 @@ c.JupyterHub.allow_named_servers = False
 # ---------------------------------------------------------------------------------------------
 # Services, started and stopped by the hub: the platform API (DICOMweb gateway + tasks API) at
 # /services/platform/ when its module is installed, and MLflow behind the hub's login at
-# /services/mlflow/ (medimg_hub.mlflow_proxy in front of the tracking server `medimg up` starts).
+# /services/mlflow/ (medimg_hub.tracking.proxy in front of the tracking server `medimg up` starts).
 # ---------------------------------------------------------------------------------------------
 SERVICE_ENV = {CONFIG_ENV_VAR: str(state.settings_file),
                "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "hub")])}
 c.JupyterHub.services = [{
     "name": MLFLOW_SERVICE,
     "url": f"http://{LOOPBACK}:{hub.mlflow_proxy_port}",
-    "command": [sys.executable, "-m", "medimg_hub.mlflow_proxy", "--config", str(state.settings_file)],
+    "command": [sys.executable, "-m", "medimg_hub.tracking.proxy", "--config", str(state.settings_file)],
     "environment": SERVICE_ENV,
     "oauth_no_confirm": True,
 }]

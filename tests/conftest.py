@@ -26,7 +26,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 if TYPE_CHECKING:
-    from medimg_hub.orthanc import OrthancServer
+    from medimg_hub.pacs.orthanc import OrthancServer
 
 
 @pytest.fixture
@@ -85,8 +85,8 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator["OrthancServer
 
     State lives in a temporary ``var/``; the process is stopped at the end even when tests fail.
     """
-    from medimg_hub.orthanc import OrthancServer
-    from medimg_hub.process import free_port
+    from medimg_hub.pacs.orthanc import OrthancServer
+    from medimg_hub.servers.process import free_port
     from medimg_hub.settings import PacsSettings, PlatformSettings, Settings
 
     var_dir = tmp_path_factory.mktemp("var")

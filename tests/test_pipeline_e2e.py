@@ -15,17 +15,17 @@ import nbformat
 import pytest
 import requests
 
-from medimg_hub.demo import generate_demo
-from medimg_hub.ingest import ingest_files
-from medimg_hub.mlflow_service import credentials as mlflow_credentials
-from medimg_hub.orthanc import OrthancServer
-from medimg_hub.process import free_port
-from medimg_hub.services import platform_services
+from medimg_hub.demo.sites import generate_demo
+from medimg_hub.pacs.ingest import ingest_files
+from medimg_hub.tracking.server import credentials as mlflow_credentials
+from medimg_hub.pacs.orthanc import OrthancServer
+from medimg_hub.servers.process import free_port
+from medimg_hub.stack import platform_services
 from medimg_hub.settings import (
     DemoSettings, MlflowSettings, PacsSettings, PlatformSettings, QueueSettings, Settings, TasksSettings,
 )
-from medimg_hub.tasks.migrations import upgrade
-from medimg_hub.tasks.service import RunTarget, TaskService, resolve_targets
+from medimg_hub.db.migrations import upgrade
+from medimg_hub.pipeline.service import RunTarget, TaskService, resolve_targets
 from medimg_kernel.model import SegmentationModelConfig
 from medimg_kernel.registry import ensure_segmentation_model
 from medimg_kernel.report import read_sr_report

@@ -12,17 +12,17 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from medimg_hub.demo import generate_demo
-from medimg_hub.demo_users import ensure_demo_users
-from medimg_hub.hub_service import JupyterHubServer
-from medimg_hub.ingest import ingest_files
-from medimg_hub.orthanc import OrthancServer
-from medimg_hub.platform_api.datasets import ingest_assigner, sync_datasets
-from medimg_hub.platform_api.models import AuditEvent
-from medimg_hub.process import free_port
+from medimg_hub.demo.sites import generate_demo
+from medimg_hub.demo.users import ensure_demo_users
+from medimg_hub.servers.jupyterhub import JupyterHubServer
+from medimg_hub.pacs.ingest import ingest_files
+from medimg_hub.pacs.orthanc import OrthancServer
+from medimg_hub.access.datasets import ingest_assigner, sync_datasets
+from medimg_hub.access.models import AuditEvent
+from medimg_hub.servers.process import free_port
 from medimg_hub.settings import HubSettings, PacsSettings, PlatformSettings, Settings, TasksSettings, dump_settings, load_settings
-from medimg_hub.tasks.migrations import upgrade
-from medimg_hub.tasks.models import make_engine
+from medimg_hub.db.migrations import upgrade
+from medimg_hub.db import make_engine
 from tests.hub.hubproc import Hub, HubBrowser, run_in_kernel
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -20,17 +20,17 @@ import numpy as np
 import requests
 from scipy import ndimage
 
-from medimg_hub.demo_users import ensure_demo_users
-from medimg_hub.hub_service import JupyterHubServer
-from medimg_hub.ingest import ingest_files
-from medimg_hub.orthanc import OrthancServer
-from medimg_hub.platform_api.datasets import ingest_assigner, sync_datasets
-from medimg_hub.process import free_port
+from medimg_hub.demo.users import ensure_demo_users
+from medimg_hub.servers.jupyterhub import JupyterHubServer
+from medimg_hub.pacs.ingest import ingest_files
+from medimg_hub.pacs.orthanc import OrthancServer
+from medimg_hub.access.datasets import ingest_assigner, sync_datasets
+from medimg_hub.servers.process import free_port
 from medimg_hub.settings import (HubSettings, PacsSettings, PlatformSettings, QueueSettings, Settings, TasksSettings,
                                  dump_settings, load_settings)
-from medimg_hub.tasks.migrations import upgrade
-from medimg_hub.tasks.models import make_engine
-from medimg_hub.tasks.store import TaskStore
+from medimg_hub.db.migrations import upgrade
+from medimg_hub.db import make_engine
+from medimg_hub.pipeline.store import TaskStore
 from medimg_kernel.phantom import make_phantom
 from medimg_kernel.phantom_sites import DEFAULT_SITES
 from medimg_kernel.report import write_sr

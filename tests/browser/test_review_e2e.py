@@ -23,8 +23,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, undefer
 
-from medimg_hub.platform_api.models import AuditEvent, ReviewProposal
-from medimg_hub.tasks.store import TaskStore
+from medimg_hub.access.models import AuditEvent, ReviewProposal
+from medimg_hub.pipeline.store import TaskStore
 from medimg_kernel.review.draft import decode_draft
 from medimg_kernel.segmentation import describe_seg, read_seg
 from medimg_kernel.series import read_series

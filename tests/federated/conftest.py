@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from medimg_hub.demo import generate_demo
-from medimg_hub.federation import APP_DIR
+from medimg_hub.demo.sites import generate_demo
+from medimg_hub.federation.deployment import APP_DIR
 
 if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))

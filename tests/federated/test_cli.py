@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from medimg_hub.federation import _running, _spawned_by
-from medimg_hub.federation_platform import platform_federation
-from medimg_hub.ingest import ingest_files
-from medimg_hub.mlflow_service import MlflowServer
-from medimg_hub.orthanc import OrthancServer
-from medimg_hub.process import free_port, port_in_use
+from medimg_hub.federation.deployment import _running, _spawned_by
+from medimg_hub.federation.platform import platform_federation
+from medimg_hub.pacs.ingest import ingest_files
+from medimg_hub.tracking.server import MlflowServer
+from medimg_hub.pacs.orthanc import OrthancServer
+from medimg_hub.servers.process import free_port, port_in_use
 from medimg_hub.settings import Settings, load_settings
 from medimg_kernel.registry import load_segmentation_model
 from task import TINY_MODEL

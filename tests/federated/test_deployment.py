@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from medimg_hub.federation import Federation, SiteNode
-from medimg_hub.process import free_port
+from medimg_hub.federation.deployment import Federation, SiteNode
+from medimg_hub.servers.process import free_port
 
 from .mlflow_helpers import failures, history, latest_federated_run
 

@@ -1,7 +1,7 @@
 """The Fleet gateway: sites reach the Fleet API and nothing else of the SuperLink.
 
 A real SuperLink (TLS and node authentication on, as shipped) and the gateway as
-:class:`~medimg_hub.federation.Federation` starts them, no SuperNodes, no training: the Control
+:class:`~medimg_hub.federation.deployment.Federation` starts them, no SuperNodes, no training: the Control
 API answers on the SuperLink's loopback port and is refused through the gateway, path tricks
 are refused, and Fleet calls are forwarded (the SuperLink itself rejects an unsigned one).
 Every process is stopped in ``finally``.
@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from medimg_hub.federation import CONNECTION, Federation
-from medimg_hub.federation_gateway import REFUSED_BODY, refusal_reason
-from medimg_hub.process import free_port
+from medimg_hub.federation.deployment import CONNECTION, Federation
+from medimg_hub.federation.gateway import REFUSED_BODY, refusal_reason
+from medimg_hub.servers.process import free_port
 
 PROTOBUF = {"content-type": "application/protobuf", "accept": "application/protobuf"}
 #: Control calls ``flwr supernode ls`` / ``flwr ls`` make; an empty body is a valid empty request.

@@ -11,9 +11,9 @@ import secrets
 
 import pytest
 
-from medimg_hub.federation import APP_DIR, Federation, SiteNode
-from medimg_hub.federation_sim import simulate
-from medimg_hub.process import free_port
+from medimg_hub.federation.deployment import APP_DIR, Federation, SiteNode
+from medimg_hub.federation.simulation import simulate
+from medimg_hub.servers.process import free_port
 
 from .mlflow_helpers import failures, history, latest_federated_run
 

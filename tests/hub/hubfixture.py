@@ -28,14 +28,14 @@ import numpy as np
 import pytest
 import requests
 
-from medimg_hub.ingest import ingest_files
-from medimg_hub.orthanc import OrthancServer
-from medimg_hub.platform_api.datasets import ingest_assigner, sync_datasets
-from medimg_hub.process import free_port
+from medimg_hub.pacs.ingest import ingest_files
+from medimg_hub.pacs.orthanc import OrthancServer
+from medimg_hub.access.datasets import ingest_assigner, sync_datasets
+from medimg_hub.servers.process import free_port
 from medimg_hub.settings import (DatasetSettings, HubSettings, PacsSettings, PlatformSettings, QueueSettings,
                                  Settings, TasksSettings, dump_settings)
-from medimg_hub.tasks import upgrade
-from medimg_hub.tasks.models import make_engine
+from medimg_hub.pipeline import upgrade
+from medimg_hub.db import make_engine
 from medimg_kernel.synthetic import SyntheticPatient, ct_series_from_volume
 from medimg_kernel.volume import Volume
 

@@ -2,7 +2,7 @@
 
 ``running_hub(tmp, spawner=...)`` builds settings in code, dumps them with ``dump_settings``,
 creates the demo logins and starts ``jupyterhub -f hub/jupyterhub_config.py`` through
-:class:`medimg_hub.hub_service.JupyterHubServer`; it always stops the hub (which stops users'
+:class:`medimg_hub.servers.jupyterhub.JupyterHubServer`; it always stops the hub (which stops users'
 servers and the proxy) on exit. :class:`HubBrowser` logs in through the login form (with the
 xsrf cookie), spawns through the form or the REST API, and runs code in a kernel.
 """
@@ -27,9 +27,9 @@ import requests
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from medimg_hub.demo_users import ensure_demo_users
-from medimg_hub.hub_service import JupyterHubServer
-from medimg_hub.process import free_port
+from medimg_hub.demo.users import ensure_demo_users
+from medimg_hub.servers.jupyterhub import JupyterHubServer
+from medimg_hub.servers.process import free_port
 from medimg_hub.settings import HubSettings, MlflowSettings, PlatformSettings, Settings, dump_settings, load_settings
 
 VENV_SITE = Path(sysconfig.get_paths()["purelib"])  # the site-packages of the interpreter running the tests
@@ -75,7 +75,7 @@ def running_hub(root: Path, **hub_overrides: object) -> Iterator[Hub]:
     """Start a hub with ``HubSettings(**hub_overrides)`` on free ports under ``root``; stop it after.
 
     MLflow's settings get a free port too (the hub's MLflow service forwards there; tests that
-    use it start the tracking server with :class:`medimg_hub.mlflow_service.MlflowServer`).
+    use it start the tracking server with :class:`medimg_hub.tracking.server.MlflowServer`).
     """
     port, api_port, proxy_api_port, platform_port, mlflow_proxy_port, mlflow_port = _free_ports(6)
     hub_settings = dataclasses.replace(HubSettings(), port=port, api_port=api_port, proxy_api_port=proxy_api_port,

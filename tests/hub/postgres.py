@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from medimg_hub.process import free_port
+from medimg_hub.servers.process import free_port
 
 PG_BIN = Path(os.environ.get("MEDIMG_PG_BIN", "/usr/lib/postgresql/15/bin"))
 

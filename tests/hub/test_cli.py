@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from medimg_hub.process import free_port
+from medimg_hub.servers.process import free_port
 
 SUBCOMMANDS = ["up", "down", "status", "config", "pipelines", "tasks", "worker", "dispatcher", "migrate", "fl"]
 #: PACS, broker, MLflow, dispatcher, one worker, the hub.
@@ -16,7 +16,7 @@ SERVICES = 6
 
 
 def _medimg(*args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "medimg_hub.cli", *(["--config", str(config)] if config else []), *args]
+    cmd = [sys.executable, "-m", "medimg_hub.cli.main", *(["--config", str(config)] if config else []), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from medimg_hub.demo import generate_demo
-from medimg_hub.deidentify import check_export, export_deidentified
-from medimg_hub.ingest import ingest_files
+from medimg_hub.demo.sites import generate_demo
+from medimg_hub.pacs.deidentify import check_export, export_deidentified
+from medimg_hub.pacs.ingest import ingest_files
 from medimg_kernel.deid import DeidentificationOptions, deidentify, find_identifying
 from medimg_kernel.segmentation import describe_seg
 

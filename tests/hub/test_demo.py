@@ -1,4 +1,4 @@
-"""Tests of medimg_hub.demo: files, UIDs, manifest, idempotency, and (when available) the real SEG."""
+"""Tests of medimg_hub.demo.sites: files, UIDs, manifest, idempotency, and (when available) the real SEG."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from medimg_hub.demo import MANIFEST_NAME, DemoManifest, generate_demo
+from medimg_hub.demo.sites import MANIFEST_NAME, DemoManifest, generate_demo
 from medimg_kernel.errors import ConfigurationError
 from medimg_kernel.phantom import DEFAULT_SITES, SEGMENT_LABELS, make_phantom
 from medimg_kernel.volume import Volume
@@ -131,7 +131,7 @@ def test_demo_runs_are_submitted_as_runs_of_their_studies_datasets():
     """Reviewers see a run only through its dataset: every demo run gets its study's dataset."""
     from types import SimpleNamespace
 
-    from medimg_hub.demo_runs import submit_demo_runs
+    from medimg_hub.demo.runs import submit_demo_runs
 
     calls = []
 

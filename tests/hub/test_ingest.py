@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from medimg_hub.ingest import ingest_files
+from medimg_hub.pacs.ingest import ingest_files
 from medimg_kernel.errors import DicomFileError
 from tests.series_factory import small_ct_series
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from medimg_hub.mlflow_service import MlflowServer
-from medimg_hub.platform_api.audit import AuditLog
-from medimg_hub.tasks.models import make_engine
+from medimg_hub.tracking.server import MlflowServer
+from medimg_hub.access.audit import AuditLog
+from medimg_hub.db import make_engine
 
 from .hubproc import Hub, HubBrowser, hub_log_tail, running_hub
 
@@ -174,7 +174,7 @@ def test_mlflow_itself_refuses_callers_without_the_platform_account(hub: Hub) ->
     direct = f"http://127.0.0.1:{settings.mlflow.port}/services/mlflow/api/2.0/mlflow/experiments/search"
     refused = plain.post(direct, json={"max_results": 1}, timeout=10)
     assert refused.status_code == 401
-    from medimg_hub.mlflow_service import credentials
+    from medimg_hub.tracking.server import credentials
 
     allowed = plain.post(direct, json={"max_results": 1}, timeout=10, auth=credentials(settings))
     assert allowed.status_code == 200

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from medimg_hub.orthanc import OrthancServer
-from medimg_hub.process import ServiceError, free_port
+from medimg_hub.pacs.orthanc import OrthancServer
+from medimg_hub.servers.process import ServiceError, free_port
 from medimg_hub.settings import PacsSettings, PlatformSettings, Settings
 from tests.series_factory import small_ct_series
 

@@ -16,8 +16,8 @@ import pytest
 import requests
 from sqlalchemy import text
 
-from medimg_hub.tasks.models import make_engine
-from medimg_hub.tasks.store import TaskStore
+from medimg_hub.db import make_engine
+from medimg_hub.pipeline.store import TaskStore
 from medimg_kernel.client import ACCEPT_STORED, DICOMwebHTTPClient
 from medimg_kernel.multipart import boundary_from_content_type
 

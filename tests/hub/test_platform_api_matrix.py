@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from medimg_hub.tasks.store import TaskStore
+from medimg_hub.pipeline.store import TaskStore
 from medimg_kernel.client import ACCEPT_STORED
 from medimg_kernel.pipeline import load_pipeline
 

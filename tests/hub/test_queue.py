@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from medimg_hub.mlflow_service import credentials as mlflow_credentials
-from medimg_hub.process import free_port
-from medimg_hub.services import platform_services
+from medimg_hub.tracking.server import credentials as mlflow_credentials
+from medimg_hub.servers.process import free_port
+from medimg_hub.stack import platform_services
 from medimg_hub.settings import (
     MlflowSettings, PacsSettings, PipelinesSettings, PlatformSettings, QueueSettings, Settings, TasksSettings,
 )
-from medimg_hub.tasks.migrations import upgrade
-from medimg_hub.tasks.service import TaskService, UnknownPipelineError
+from medimg_hub.db.migrations import upgrade
+from medimg_hub.pipeline.service import TaskService, UnknownPipelineError
 from medimg_kernel.errors import ParameterError
 from tests.hub.postgres import PostgresServer, postgres_available
 

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from medimg_hub.ingest import ingest_files
-from medimg_hub.platform_api.datasets import ingest_assigner
-from medimg_hub.tasks.models import make_engine
+from medimg_hub.pacs.ingest import ingest_files
+from medimg_hub.access.datasets import ingest_assigner
+from medimg_hub.db import make_engine
 from medimg_kernel.client import ACCEPT_STORED
 
 from .hubfixture import DemoStudy, Platform, audit_rows, make_study, platform_hub  # noqa: F401

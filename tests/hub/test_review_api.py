@@ -7,7 +7,7 @@ from typing import Any
 
 import requests
 
-from medimg_hub.tasks.store import TaskStore
+from medimg_hub.pipeline.store import TaskStore
 
 from .hubfixture import Platform, audit_rows, auth, instance_in, platform_hub, stow_body  # noqa: F401
 

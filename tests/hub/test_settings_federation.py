@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from medimg_hub.federation_platform import platform_federation, run_config, site_node_configs
+from medimg_hub.federation.platform import platform_federation, run_config, site_node_configs
 from medimg_hub.settings import Settings, load_settings
-from medimg_hub.settings_federation import FederationSettings
+from medimg_hub.settings.federation import FederationSettings
 from medimg_kernel.errors import ConfigurationError
 
 

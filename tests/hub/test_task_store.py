@@ -11,17 +11,11 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from medimg_hub.tasks import JobStatus, TaskStatus, TaskStore, derive_task_status, upgrade
-from medimg_hub.tasks.migrations import VERSION_TABLE, current_revision, head_revision
-from medimg_hub.tasks.models import Base, make_engine
-from medimg_kernel.errors import (
-    ConfigurationError,
-    InvalidTransitionError,
-    NotJobOwnerError,
-    ParameterError,
-    SchemaVersionError,
-    TaskNotFoundError,
-)
+from medimg_hub.pipeline import JobStatus, TaskStatus, TaskStore, derive_task_status, upgrade
+from medimg_hub.db.migrations import VERSION_TABLE, current_revision, head_revision
+from medimg_hub.db import Base, make_engine
+from medimg_kernel.errors import ConfigurationError, ParameterError
+from medimg_hub.errors import InvalidTransitionError, NotJobOwnerError, SchemaVersionError, TaskNotFoundError
 from medimg_kernel.pipeline import PipelineDescriptor, RetryPolicy, StageDescriptor, load_pipeline
 
 from .postgres import PostgresServer, postgres_available
@@ -124,7 +118,7 @@ def test_migrations_create_the_schema_of_the_models(empty_url):
 
 
 def test_a_database_not_at_head_is_refused_naming_the_command(empty_url):
-    with pytest.raises(SchemaVersionError, match=r"has no task-store schema.*python -m medimg_hub.tasks.migrations upgrade") as info:
+    with pytest.raises(SchemaVersionError, match=r"has no task-store schema.*python -m medimg_hub.db.migrations upgrade") as info:
         TaskStore(empty_url)
     assert info.value.current is None and info.value.head == head_revision()
     engine = make_engine(empty_url)
@@ -394,9 +388,9 @@ def test_derived_task_status():
 
 def test_sending_a_job_claimed_meanwhile_is_skipped(tmp_path):
     """A worker may claim a job between the dispatcher's query and its send: no error, no message."""
-    from medimg_hub.tasks.queue import send_job
-    from medimg_hub.tasks.store import TaskStore
-    from medimg_hub.tasks.migrations import upgrade
+    from medimg_hub.pipeline.queue import send_job
+    from medimg_hub.pipeline.store import TaskStore
+    from medimg_hub.db.migrations import upgrade
     from medimg_kernel.pipeline import load_pipeline
 
     url = f"sqlite:///{tmp_path / 'race.sqlite'}"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import requests
 
-from medimg_hub.process import free_port
+from medimg_hub.servers.process import free_port
 from medimg_kernel import client as client_module
 from medimg_kernel.client import DICOMfolderClient, DICOMwebHTTPClient, connect
 from medimg_kernel.errors import AccessDeniedError, ConfigurationError, DICOMwebError, NotFoundError

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .roles import ATTENDINGS, DIRECTORS, ENGINEERS, RESIDENTS
+from medimg_hub.hubconf.roles import ATTENDINGS, DIRECTORS, ENGINEERS, RESIDENTS
 
 #: Where the Voila apps live, relative to the repository (or the image's working directory).
 DASHBOARDS = Path("dashboards")
@@ -109,7 +109,7 @@ def choose_profile(slug: str | None, groups: Iterable[str], username: str,
 def server_command(profile: Profile, python: str, dashboards_dir: Path) -> list[str]:
     """The single-user server's command line for ``profile``."""
     if profile.kind == "voila":
-        return [python, "-m", "medimg_hub.voila_app", str(dashboards_dir / profile.dashboard)]
+        return [python, "-m", "medimg_hub.review.voila_app", str(dashboards_dir / profile.dashboard)]
     return [python, "-m", "jupyterhub.singleuser"]
 
 

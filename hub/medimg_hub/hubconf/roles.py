@@ -52,7 +52,7 @@ def hub_roles(*, platform_service: bool, mlflow_service: bool = False) -> list[d
         Whether the ``platform`` service is configured; its scopes are only granted then
         (JupyterHub refuses roles naming an unknown service).
     mlflow_service
-        Whether the ``mlflow`` service (:mod:`medimg_hub.mlflow_proxy`) is configured; the same
+        Whether the ``mlflow`` service (:mod:`medimg_hub.tracking.proxy`) is configured; the same
         rule applies to its scopes.
 
     Returns

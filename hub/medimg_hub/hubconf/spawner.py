@@ -25,10 +25,10 @@ from tornado import web
 from traitlets import Instance, Unicode, default
 from traitlets.config import Configurable
 
-from .gpu import GpuPool, GpuPoolExhaustedError
-from .profiles import PROFILES, Profile, ProfileNotAllowedError, choose_profile, options_form_html, \
+from medimg_hub.hubconf.gpu import GpuPool, GpuPoolExhaustedError
+from medimg_hub.hubconf.profiles import PROFILES, Profile, ProfileNotAllowedError, choose_profile, options_form_html, \
     profiles_for_groups, server_command
-from .users import ensure_os_user, os_username
+from medimg_hub.hubconf.users import ensure_os_user, os_username
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from medimg_kernel.errors import ConfigurationError
 
-from ..credentials import write_private
-from ..settings import Settings, dump_settings
+from medimg_hub.secrets import write_private
+from medimg_hub.settings import Settings, dump_settings
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,10 @@
-"""The platform API (hub side): a DICOMweb gateway with dataset grants and audit, the tasks API, metrics.
+"""The platform API (hub side): one JupyterHub-managed service at ``/services/platform/``.
 
-A JupyterHub-managed service at ``/services/platform/`` (``python -m medimg_hub.platform_api``).
-This package's top level re-exports the database layer only; the tornado application is in
-:mod:`.app` so importing the models does not import tornado or JupyterHub.
+What JupyterHub's ``apihandlers/`` is to the hub: the application assembly (:mod:`.app`), the base
+handler every route shares (:mod:`.base`), metrics (:mod:`.metrics`) and the DICOMweb gateway
+(:mod:`.gateway`). The other routes live with their capability and are collected by :mod:`.app`
+from each one's ``default_handlers``: :mod:`medimg_hub.pipeline.api`, :mod:`medimg_hub.review.api`,
+:mod:`medimg_hub.platform_api.admin`. Run it with ``python -m medimg_hub.platform_api --config FILE``.
+May import: ``medimg_hub.access``, ``medimg_hub.pipeline``, ``medimg_hub.review``, ``medimg_hub.pacs``,
+``medimg_hub.db``, ``medimg_hub.settings``, ``medimg_kernel``.
 """
-
-from __future__ import annotations
-
-from .audit import AuditLog, AuditRecord
-from .datasets import DatasetDirectory, assign_study, rights_for, sync_datasets
-from .models import AuditEvent, Dataset, DatasetStudy, Grant, Outcome, ReviewProposal, Right
-
-__all__ = [
-    "AuditEvent", "AuditLog", "AuditRecord", "Dataset", "DatasetDirectory", "DatasetStudy", "Grant",
-    "Outcome", "ReviewProposal", "Right", "assign_study", "rights_for", "sync_datasets",
-]

@@ -10,22 +10,25 @@ import requests
 from jupyterhub.services.auth import HubAuth
 from tornado.web import Application
 
-from ..orthanc import OrthancServer
-from ..settings import Settings
-from ..tasks import upgrade
-from ..tasks.models import make_engine
-from ..tasks.service import TaskService
-from ..tasks.store import TaskStore
-from . import admin_api, gateway, review_api, tasks_api
-from .audit import AuditLog
-from .auth import HubIdentities
-from .base import HealthHandler, PlatformContext
-from .datasets import DatasetDirectory, sync_datasets
-from .metrics import PlatformMetrics
-from .paths import BadRequest, check_uid
-from .review_access import ReviewAccess
-from .tasks_access import TaskAccess
-from .upstream import Orthanc
+from medimg_hub.pacs.orthanc import OrthancServer
+from medimg_hub.settings import Settings
+from medimg_hub.pipeline import upgrade
+from medimg_hub.db import make_engine
+from medimg_hub.pipeline.service import TaskService
+from medimg_hub.pipeline.store import TaskStore
+from medimg_hub.platform_api import admin
+from medimg_hub.pipeline import api as pipeline_api
+from medimg_hub.platform_api.gateway import handlers as gateway
+from medimg_hub.review import api as review_api
+from medimg_hub.access.audit import AuditLog
+from medimg_hub.access.identities import HubIdentities
+from medimg_hub.platform_api.base import HealthHandler, PlatformContext
+from medimg_hub.access.datasets import DatasetDirectory, sync_datasets
+from medimg_hub.platform_api.metrics import PlatformMetrics
+from medimg_hub.platform_api.gateway.paths import BadRequest, check_uid
+from medimg_hub.review.access import ReviewAccess
+from medimg_hub.pipeline.access import TaskAccess
+from medimg_hub.platform_api.gateway.upstream import Orthanc
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,7 @@ def _series_lookup(pacs: OrthancServer) -> Callable[[str], str | None]:
 def make_app(context: PlatformContext) -> Application:
     """The tornado application: every module's ``default_handlers`` under the service prefix."""
     routes = [(r"health/?", HealthHandler)]
-    for module in (gateway, tasks_api, review_api, admin_api):
+    for module in (gateway, pipeline_api, review_api, admin):
         routes += module.default_handlers
     handlers = [(context.prefix + pattern, handler, {"context": context}) for pattern, handler in routes]
     return Application(handlers, xsrf_cookies=False, log_function=_log_request)

@@ -16,17 +16,19 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from tornado.web import Finish, RequestHandler
 
-from ..settings import Settings
-from .audit import AuditLog, AuditRecord
-from .auth import AuthFailure, HubIdentities, Identity
-from .datasets import DatasetDirectory
-from .metrics import PlatformMetrics
-from .models import Outcome
-from .upstream import Orthanc
+from medimg_hub.settings import Settings
+from medimg_hub.access.audit import AuditLog, AuditRecord
+from medimg_hub.access.identities import AuthFailure, HubIdentities, Identity
+from medimg_hub.access.datasets import DatasetDirectory
+from medimg_hub.platform_api.metrics import PlatformMetrics
+from medimg_hub.access.models import Outcome
+
+if TYPE_CHECKING:  # the gateway builds on this module; the context only holds its Orthanc client
+    from medimg_hub.platform_api.gateway.upstream import Orthanc
 
 log = logging.getLogger(__name__)
 

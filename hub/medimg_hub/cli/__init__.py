@@ -1,0 +1,1 @@
+"""The ``medimg`` command line (:func:`medimg_hub.cli.main.main`), one module per command group."""

@@ -1,0 +1,7 @@
+"""Federated training, hub side: the Flower deployment (SuperLink, Fleet gateway, SuperNodes),
+its PKI, and the platform's federation built from ``[federation]`` settings.
+
+The Flower app itself is ``federated/``; the sites' work is :mod:`medimg_kernel.federation`.
+May import: ``medimg_hub.servers``, ``medimg_hub.settings``, ``medimg_hub.tracking``, ``medimg_hub.pacs``,
+``medimg_kernel``.
+"""

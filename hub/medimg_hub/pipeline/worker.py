@@ -1,0 +1,175 @@
+"""A worker of one worker group: claims jobs, runs their stage notebook, records the outcome.
+
+Run as ``medimg worker GROUP`` (one process, one job at a time, its warm kernel kept between
+jobs). While a job runs, a thread heartbeats to the task store; a job whose heartbeats stop
+(the worker was killed) is recovered by the dispatcher's reconciler. A cancel request seen in a
+heartbeat interrupts the kernel. Transient failures (the PACS or MLflow unreachable) are
+retried with the stage's backoff; others fail the job with the reason stored on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medimg_hub.errors import NotJobOwnerError
+from medimg_kernel.pipeline import load_pipeline
+from medimg_kernel.stage import StageContext, read_outputs
+
+from medimg_hub.pacs.orthanc import OrthancServer
+from medimg_hub.settings import Settings
+from medimg_hub.pipeline.models import JobRecord
+from medimg_hub.pipeline.notebook_runner import POOL, StageExecutionError, run_notebook
+from medimg_hub.pipeline.queue import RUN_JOB, dispatch_ready, make_celery
+from medimg_hub.pipeline.store import TaskStore
+from medimg_hub.pipeline.tracking import log_job_run
+
+log = logging.getLogger(__name__)
+
+#: Exception names (as the kernel reports them) worth a retry: the world, not the input, failed.
+TRANSIENT_ERRORS = frozenset({
+    "ConnectionError", "ConnectionRefusedError", "ConnectionResetError", "TimeoutError", "ReadTimeout",
+    "ConnectTimeout", "DICOMwebError", "BrokenPipeError", "MlflowException",
+})
+KERNEL_NAME = "python3"
+
+
+class _Heartbeat(threading.Thread):
+    """Beats for one job until stopped; interrupts the kernel when a cancel is requested."""
+
+    def __init__(self, store: TaskStore, job_id: str, worker_id: str, interval_s: float) -> None:
+        super().__init__(name=f"heartbeat-{job_id}", daemon=True)
+        self.store, self.job_id, self.worker_id, self.interval_s = store, job_id, worker_id, interval_s
+        self.stopped = threading.Event()
+        self.cancelled = False
+        self.lost = False
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval_s):
+            try:
+                job = self.store.heartbeat(self.job_id, self.worker_id)
+            except NotJobOwnerError:
+                log.warning("job %s was taken from this worker; interrupting it", self.job_id)
+                self.lost = True
+                POOL.interrupt(KERNEL_NAME)
+                return
+            except Exception:  # noqa: BLE001 - a database hiccup must not kill the job; retry next beat
+                log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
+                continue
+            if job.cancel_requested and not self.cancelled:
+                log.info("cancel requested for job %s; interrupting its kernel", self.job_id)
+                self.cancelled = True
+                POOL.interrupt(KERNEL_NAME)
+
+
+@dataclass
+class JobRunner:
+    """Everything a worker needs to run jobs (built once per worker process)."""
+
+    settings: Settings
+    store: TaskStore
+    worker_id: str
+
+    def run(self, job_id: str) -> str:
+        """Run one job end to end; returns its final status for this attempt."""
+        job = self.store.claim(job_id, self.worker_id)
+        if job is None:
+            log.info("job %s is not claimable (taken, done or cancelled); dropping the message", job_id)
+            return "skipped"
+        task = self.store.get_task(job.task_id)
+        pipeline = load_pipeline(self.settings.resolve(self.settings.pipelines.root) / task.pipeline_id)
+        notebook = Path(pipeline.root) / str(pipeline.stage(job.stage_id).notebook)
+        workdir = self.settings.var_dir / "jobs" / job.id / f"attempt-{job.attempts}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        context = self._context(job, task.pipeline_id, workdir)
+        executed = workdir / f"{job.stage_id}.ipynb"
+        heartbeat = _Heartbeat(self.store, job.id, self.worker_id, self.settings.tasks.heartbeat_s)
+        heartbeat.start()
+        try:
+            params = {**job.parameters, "medimg_job": str(workdir / "context.json")}
+            run = run_notebook(notebook, executed, params, warm=self.settings.queue.warm_kernels,
+                         kernel_name=KERNEL_NAME, timeout_s=job.timeout_s)
+        except StageExecutionError as exc:
+            return self._failed(job, task.pipeline_id, heartbeat, exc.ename, str(exc), executed)
+        except Exception as exc:  # noqa: BLE001 - the kernel died or would not start: record it, keep serving
+            return self._failed(job, task.pipeline_id, heartbeat, type(exc).__name__, f"{type(exc).__name__}: {exc}", executed)
+        finally:
+            heartbeat.stopped.set()
+            heartbeat.join()
+        outputs = {**read_outputs(context.outputs_path), "executed_notebook": str(executed)}
+        tracking_start = time.perf_counter()
+        outputs["mlflow_run_id"] = self._track(job, task.pipeline_id, outputs, executed, "succeeded")
+        outputs["timing_s"] = {"notebook": round(run.seconds, 3), "tracking": round(time.perf_counter() - tracking_start, 3)}
+        self.store.succeed(job.id, self.worker_id, outputs)
+        return "succeeded"
+
+    def _context(self, job: JobRecord, pipeline_id: str, workdir: Path) -> StageContext:
+        pacs = OrthancServer(self.settings)
+        creds = pacs.credentials()
+        context = StageContext(
+            job_id=job.id, task_id=job.task_id, pipeline_id=pipeline_id, stage_id=job.stage_id,
+            outputs_path=str(workdir / "outputs.json"), dicomweb_url=pacs.dicomweb_url,
+            dicomweb_auth=(creds.username, creds.password), tracking_uri=self.settings.mlflow_tracking_uri,
+            extra={"registered_model": self.settings.mlflow.registered_model, "model_alias": self.settings.mlflow.model_alias},
+        )
+        context.to_file(workdir / "context.json")
+        return context
+
+    def _failed(self, job: JobRecord, pipeline_id: str, heartbeat: _Heartbeat, ename: str, message: str,
+                executed: Path) -> str:
+        heartbeat.stopped.set()
+        heartbeat.join()
+        if heartbeat.lost:
+            return "lost"
+        if heartbeat.cancelled:
+            self.store.confirm_cancelled(job.id, self.worker_id)
+            return "cancelled"
+        outputs = {"executed_notebook": str(executed)} if executed.exists() else {}
+        try:
+            self._track(job, pipeline_id, outputs, executed, "failed")
+        except Exception:  # noqa: BLE001 - tracking must not hide the job's own failure
+            log.warning("could not record failed job %s in MLflow", job.id, exc_info=True)
+        retryable = ename in TRANSIENT_ERRORS
+        self.store.fail(job.id, self.worker_id, message, retryable=retryable)
+        log.warning("job %s failed (%s, %s): %s", job.id, ename, "will retry" if retryable else "final", message)
+        return "failed"
+
+    def _track(self, job: JobRecord, pipeline_id: str, outputs: dict[str, Any], executed: Path, status: str) -> str:
+        return log_job_run(
+            self.settings.mlflow_tracking_uri, pipeline_id=pipeline_id, stage_id=job.stage_id,
+            task_id=job.task_id, job_id=job.id, parameters=job.parameters, outputs=outputs,
+            notebook=executed, status=status,
+        )
+
+
+def worker_id_for(group: str) -> str:
+    return f"{group}@{socket.gethostname()}:{os.getpid()}"
+
+
+def run_worker(settings: Settings, group: str) -> None:
+    """Serve one worker group's queue until stopped (SIGTERM finishes the current job first)."""
+    app = make_celery(settings)
+    store = TaskStore(settings.database_url)
+    runner = JobRunner(settings, store, worker_id_for(group))
+
+    @app.task(name=RUN_JOB)
+    def run_job(job_id: str) -> str:
+        status = runner.run(job_id)
+        dispatch_ready(app, store)  # fast path: start the next stage now, not at the next dispatcher pass
+        return status
+
+    try:
+        app.worker_main([
+            "worker", "--queues", group, "--pool", "solo", "--concurrency", "1",
+            "--hostname", f"{group}@%h-{os.getpid()}", "--without-gossip", "--without-mingle",
+            "--without-heartbeat", "--loglevel", "INFO",
+        ])
+    finally:
+        POOL.shutdown()
+        store.close()
