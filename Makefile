@@ -15,6 +15,7 @@ status:
 	.venv/bin/medimg status
 
 test: bootstrap
+	.venv/bin/lint-imports --no-cache
 	.venv/bin/python -m pytest
 
 bench: bootstrap

@@ -117,8 +117,8 @@ def running_review_platform(root: Path) -> Iterator[ReviewPlatform]:
         store = TaskStore(settings.database_url)
         try:
             segment = store.get_task(task_id).job("segment")
-            assert store.claim(segment.id, "test-worker") is not None
-            store.succeed(segment.id, "test-worker", {
+            assert store.execution.claim(segment.id, "test-worker") is not None
+            store.execution.succeed(segment.id, "test-worker", {
                 "seg_sop_instance_uids": [str(seg.SOPInstanceUID)], "sr_sop_instance_uids": [str(sr.SOPInstanceUID)],
                 "series_instance_uids": [str(seg.SeriesInstanceUID), str(sr.SeriesInstanceUID)],
                 "model_name": "organ-segmentation", "model_version": 7})

@@ -239,8 +239,8 @@ def _finish_auto_stage(p: Platform, task_id: str) -> str:
     try:
         task = store.get_task(task_id)
         echo, review = task.job("echo"), task.job("review")
-        assert store.claim(echo.id, "test-worker") is not None
-        store.succeed(echo.id, "test-worker", {"message": "hello"})
+        assert store.execution.claim(echo.id, "test-worker") is not None
+        store.execution.succeed(echo.id, "test-worker", {"message": "hello"})
         return review.id
     finally:
         store.close()

@@ -47,8 +47,8 @@ def matrix_tasks(platform_hub: Platform) -> dict[str, tuple[str, str]]:
             task = store.create_task(pipeline, {"series_instance_uid": p.studies[key].series}, owner="tess",
                                      dataset=dataset)
             echo = task.job("echo")
-            store.claim(echo.id, "matrix-worker")
-            store.succeed(echo.id, "matrix-worker")
+            store.execution.claim(echo.id, "matrix-worker")
+            store.execution.succeed(echo.id, "matrix-worker")
             found[dataset] = (task.id, task.job("review").id)
     finally:
         store.close()

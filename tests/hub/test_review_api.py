@@ -29,8 +29,8 @@ def _waiting_job(p: Platform, key: str) -> str:
     try:
         task = store.get_task(created.json()[0]["id"])
         echo = task.job("echo")
-        assert store.claim(echo.id, "test-worker") is not None
-        store.succeed(echo.id, "test-worker", {"message": "hi", "model_name": "echo", "model_version": 3})
+        assert store.execution.claim(echo.id, "test-worker") is not None
+        store.execution.succeed(echo.id, "test-worker", {"message": "hi", "model_name": "echo", "model_version": 3})
         return task.job("review").id
     finally:
         store.close()

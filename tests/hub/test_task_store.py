@@ -144,13 +144,13 @@ def test_full_lifecycle_with_history(store, echo, clock):
     assert echo_job.max_attempts == 2 and echo_job.timeout_s == 60.0 and echo_job.worker_group == "default"
 
     clock.advance(1)
-    running = store.claim(echo_job.id, "worker-1")
+    running = store.execution.claim(echo_job.id, "worker-1")
     assert running is not None and running.status is S.RUNNING and running.attempts == 1
     assert running.worker_id == "worker-1" and running.started_at == clock.now
     assert store.get_task(task.id).status is TaskStatus.RUNNING
     clock.advance(5)
-    assert store.heartbeat(echo_job.id, "worker-1").heartbeat_at == clock.now
-    store.succeed(echo_job.id, "worker-1", {"echo": "hello"})
+    assert store.execution.heartbeat(echo_job.id, "worker-1").heartbeat_at == clock.now
+    store.execution.succeed(echo_job.id, "worker-1", {"echo": "hello"})
     assert _statuses(store, task.id) == {"echo": S.SUCCEEDED, "review": S.WAITING_REVIEW}
     assert store.get_task(task.id).status is TaskStatus.WAITING_REVIEW
     assert store.list_jobs(status=S.WAITING_REVIEW, dataset="site-a")[0].id == review.id
@@ -186,19 +186,19 @@ def test_illegal_transitions_are_refused_and_leave_no_trace(store, echo):
     echo_job, review = task.jobs
     before = store.history(task_id=task.id)
     with pytest.raises(NotJobOwnerError, match="does not hold it"):
-        store.succeed(echo_job.id, "worker-1")  # queued, never claimed
+        store.execution.succeed(echo_job.id, "worker-1")  # queued, never claimed
     with pytest.raises(InvalidTransitionError, match="manual jobs are not run by workers"):
-        store.claim(review.id, "worker-1")
+        store.execution.claim(review.id, "worker-1")
     with pytest.raises(InvalidTransitionError, match="only manual stages are decided"):
         store.decide(echo_job.id, "accepted", actor="dr-bob")
     with pytest.raises(InvalidTransitionError, match="pending to accepted"):
         store.decide(review.id, "accepted", actor="dr-bob")  # not waiting_review yet
-    assert store.claim(echo_job.id, "worker-1") is not None
+    assert store.execution.claim(echo_job.id, "worker-1") is not None
     with pytest.raises(NotJobOwnerError):
-        store.succeed(echo_job.id, "worker-2")
+        store.execution.succeed(echo_job.id, "worker-2")
     with pytest.raises(NotJobOwnerError):
-        store.heartbeat(echo_job.id, "worker-2")
-    store.succeed(echo_job.id, "worker-1")
+        store.execution.heartbeat(echo_job.id, "worker-2")
+    store.execution.succeed(echo_job.id, "worker-1")
     with pytest.raises(InvalidTransitionError, match="a decision is one of"):
         store.decide(review.id, "approved", actor="dr-bob")
     with pytest.raises(ConfigurationError, match="actor"):
@@ -227,7 +227,7 @@ def test_two_concurrent_claims_exactly_one_wins(db_url, clock, echo):
 
             def claim(i: int, job_id: str = job_id, barrier: threading.Barrier = barrier) -> None:
                 barrier.wait()
-                results[f"w{i}"] = stores[i].claim(job_id, f"w{i}")
+                results[f"w{i}"] = stores[i].execution.claim(job_id, f"w{i}")
 
             threads = [threading.Thread(target=claim, args=(i,)) for i in (0, 1)]
             for thread in threads:
@@ -248,27 +248,27 @@ def test_two_concurrent_claims_exactly_one_wins(db_url, clock, echo):
 def test_stale_heartbeats_are_found_and_recovered(store, echo, clock):
     task = _new(store, echo)
     job_id = task.jobs[0].id
-    store.claim(job_id, "worker-1")
+    store.execution.claim(job_id, "worker-1")
     clock.advance(50)
-    store.heartbeat(job_id, "worker-1")
+    store.execution.heartbeat(job_id, "worker-1")
     clock.advance(50)
-    assert store.stale_jobs(stale_after_s=60) == []
+    assert store.execution.stale_jobs(stale_after_s=60) == []
     clock.advance(20)
-    assert [j.id for j in store.stale_jobs(stale_after_s=60)] == [job_id]
+    assert [j.id for j in store.execution.stale_jobs(stale_after_s=60)] == [job_id]
     clock.advance(1)
-    store.heartbeat(job_id, "worker-1")  # the worker came back before the reconciler acted
-    assert store.recover_stale(job_id, stale_after_s=60) is None
+    store.execution.heartbeat(job_id, "worker-1")  # the worker came back before the reconciler acted
+    assert store.execution.recover_stale(job_id, stale_after_s=60) is None
     clock.advance(61)
-    requeued = store.recover_stale(job_id, stale_after_s=60, actor="reconciler")
+    requeued = store.execution.recover_stale(job_id, stale_after_s=60, actor="reconciler")
     assert requeued.status is S.QUEUED and requeued.worker_id is None and "stopped sending heartbeats" in requeued.error
     assert requeued.eligible_at == clock.now + timedelta(seconds=5)  # example-echo: backoff 5 s
     with pytest.raises(NotJobOwnerError):
-        store.heartbeat(job_id, "worker-1")  # the old worker must stop: the job is no longer its
-    assert store.claim(job_id, "worker-2") is None  # not eligible yet
+        store.execution.heartbeat(job_id, "worker-1")  # the old worker must stop: the job is no longer its
+    assert store.execution.claim(job_id, "worker-2") is None  # not eligible yet
     clock.advance(5)
-    assert store.claim(job_id, "worker-2").attempts == 2
+    assert store.execution.claim(job_id, "worker-2").attempts == 2
     clock.advance(100)
-    failed = store.recover_stale(job_id, stale_after_s=60)
+    failed = store.execution.recover_stale(job_id, stale_after_s=60)
     assert failed.status is S.FAILED and failed.attempts == 2
     assert _statuses(store, task.id) == {"echo": S.FAILED, "review": S.CANCELLED}
     assert store.get_task(task.id).status is TaskStatus.FAILED
@@ -281,35 +281,35 @@ def test_retries_honour_attempts_and_backoff(store, three_stage, clock):
     job_id = task.job("segment").id
     delays = []
     for attempt in (1, 2):
-        assert store.claim(job_id, "w").attempts == attempt
-        job = store.fail(job_id, "w", f"boom {attempt}")
+        assert store.execution.claim(job_id, "w").attempts == attempt
+        job = store.execution.fail(job_id, "w", f"boom {attempt}")
         assert job.status is S.QUEUED and job.error == f"boom {attempt}"
         delays.append((job.eligible_at - clock.now).total_seconds())
-        assert store.jobs_to_dispatch() == [] and store.claim(job_id, "w") is None
+        assert store.execution.jobs_to_dispatch() == [] and store.execution.claim(job_id, "w") is None
         clock.advance(delays[-1])
-        assert [j.id for j in store.jobs_to_dispatch(worker_group="liver")] == [job_id]
+        assert [j.id for j in store.execution.jobs_to_dispatch(worker_group="liver")] == [job_id]
     assert delays == [10.0, 30.0]
-    store.claim(job_id, "w")
-    job = store.fail(job_id, "w", "boom 3")
+    store.execution.claim(job_id, "w")
+    job = store.execution.fail(job_id, "w", "boom 3")
     assert job.status is S.FAILED and job.attempts == 3 and "no attempts left" in store.history(job_id=job_id)[-1].detail
     assert _statuses(store, task.id) == {"segment": S.FAILED, "review": S.CANCELLED, "publish": S.CANCELLED}
 
     other = _new(store, three_stage).job("segment").id
-    store.claim(other, "w")
-    assert store.fail(other, "w", "input has no slices", retryable=False).status is S.FAILED
+    store.execution.claim(other, "w")
+    assert store.execution.fail(other, "w", "input has no slices", retryable=False).status is S.FAILED
 
 
 def test_dispatch_bookkeeping(store, echo, clock):
     job_id = _new(store, echo).jobs[0].id
-    assert [j.id for j in store.jobs_to_dispatch()] == [job_id]
-    store.mark_dispatched(job_id)
-    assert store.jobs_to_dispatch() == []
+    assert [j.id for j in store.execution.jobs_to_dispatch()] == [job_id]
+    store.execution.mark_dispatched(job_id)
+    assert store.execution.jobs_to_dispatch() == []
     clock.advance(120)
-    assert [j.id for j in store.jobs_to_dispatch(redispatch_after_s=60)] == [job_id]  # message lost
-    store.claim(job_id, "w")
-    assert store.jobs_to_dispatch(redispatch_after_s=60) == []
+    assert [j.id for j in store.execution.jobs_to_dispatch(redispatch_after_s=60)] == [job_id]  # message lost
+    store.execution.claim(job_id, "w")
+    assert store.execution.jobs_to_dispatch(redispatch_after_s=60) == []
     with pytest.raises(InvalidTransitionError, match="only queued jobs"):
-        store.mark_dispatched(job_id)
+        store.execution.mark_dispatched(job_id)
 
 
 def test_cancel_queued_and_running_jobs(store, three_stage):
@@ -317,33 +317,33 @@ def test_cancel_queued_and_running_jobs(store, three_stage):
     cancelled = store.cancel_task(queued.id, actor="alice", reason="wrong series")
     assert cancelled.status is TaskStatus.CANCELLED
     assert {j.status for j in cancelled.jobs} == {S.CANCELLED}
-    assert store.claim(queued.job("segment").id, "w") is None
+    assert store.execution.claim(queued.job("segment").id, "w") is None
     assert store.history(job_id=queued.job("segment").id)[-1].detail == "cancelled: wrong series"
 
     running = _new(store, three_stage)
     seg = running.job("segment").id
-    store.claim(seg, "w")
+    store.execution.claim(seg, "w")
     after = store.cancel_task(running.id, actor="alice")
     assert after.job("segment").status is S.RUNNING and after.job("segment").cancel_requested
     assert after.job("review").status is S.CANCELLED and after.status is TaskStatus.RUNNING
     request = store.history(job_id=seg)[-1]
     assert (request.actor, request.from_status, request.to_status) == ("alice", S.RUNNING, S.RUNNING)
     assert "cancel requested" in request.detail
-    assert store.heartbeat(seg, "w").cancel_requested
-    assert store.confirm_cancelled(seg, "w").status is S.CANCELLED
+    assert store.execution.heartbeat(seg, "w").cancel_requested
+    assert store.execution.confirm_cancelled(seg, "w").status is S.CANCELLED
     assert store.get_task(running.id).status is TaskStatus.CANCELLED
 
     retried = _new(store, three_stage).job("segment").id
-    store.claim(retried, "w")
+    store.execution.claim(retried, "w")
     store.cancel_job(retried, actor="alice")
-    assert store.fail(retried, "w", "interrupted").status is S.CANCELLED  # no retry after a cancel request
+    assert store.execution.fail(retried, "w", "interrupted").status is S.CANCELLED  # no retry after a cancel request
 
 
 def test_manual_decisions_release_or_cancel_what_follows(store, three_stage):
     def reviewed(decision: str, **kw):
         task = _new(store, three_stage)
-        store.claim(task.job("segment").id, "w")
-        store.succeed(task.job("segment").id, "w", {"seg_sop_instance_uid": "1.2.3.4"})
+        store.execution.claim(task.job("segment").id, "w")
+        store.execution.succeed(task.job("segment").id, "w", {"seg_sop_instance_uid": "1.2.3.4"})
         store.decide(task.job("review").id, decision, actor="dr-bob", **kw)
         return store.get_task(task.id)
 
@@ -358,12 +358,12 @@ def test_manual_decisions_release_or_cancel_what_follows(store, three_stage):
 def test_state_survives_reopening_the_database(db_url, clock, echo):
     with TaskStore(db_url, clock=clock) as first:
         task = _new(first, echo)
-        first.claim(task.jobs[0].id, "worker-1")
+        first.execution.claim(task.jobs[0].id, "worker-1")
         before, history = first.get_task(task.id), first.history(task_id=task.id)
     with TaskStore(db_url, clock=clock) as second:
         assert second.get_task(task.id) == before
         assert second.history(task_id=task.id) == history
-        assert second.succeed(task.jobs[0].id, "worker-1").status is S.SUCCEEDED
+        assert second.execution.succeed(task.jobs[0].id, "worker-1").status is S.SUCCEEDED
 
 
 def test_list_tasks_filters(store, echo, three_stage):
@@ -398,8 +398,8 @@ def test_sending_a_job_claimed_meanwhile_is_skipped(tmp_path):
     store = TaskStore(url)
     pipeline = load_pipeline(Path(__file__).resolve().parents[2] / "notebooks" / "pipelines" / "example-echo")
     task = store.create_task(pipeline, {"series_instance_uid": "1.2.3"}, owner="engineer1")
-    [job] = store.jobs_to_dispatch()
-    assert store.claim(job.id, "worker-a") is not None
+    [job] = store.execution.jobs_to_dispatch()
+    assert store.execution.claim(job.id, "worker-a") is not None
 
     class App:
         sent: list = []

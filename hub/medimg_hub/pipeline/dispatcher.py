@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 def reconcile(store: TaskStore, stale_after_s: float) -> int:
     """Recover every job whose worker vanished; returns how many were recovered."""
     recovered = 0
-    for job in store.stale_jobs(stale_after_s):
-        outcome = store.recover_stale(job.id, stale_after_s=stale_after_s)
+    for job in store.execution.stale_jobs(stale_after_s):
+        outcome = store.execution.recover_stale(job.id, stale_after_s=stale_after_s)
         if outcome is not None:
             recovered += 1
             log.warning("job %s lost its worker %s; now %s", job.id, job.worker_id, outcome.status.value)

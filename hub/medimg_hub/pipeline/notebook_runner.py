@@ -129,10 +129,6 @@ def _shutdown(manager: AsyncKernelManager, client: Any = None) -> None:
             log.warning("kernel did not shut down cleanly", exc_info=True)
 
 
-#: The pool of this worker process.
-POOL = WarmKernelPool()
-
-
 #: Clears the previous job's variables and output cache in ~5 ms. (``%reset -f`` does the
 #: same plus a full garbage collection: ~0.6 s per job once torch and monai are loaded.)
 _RESET_NAMESPACE = """\
@@ -162,7 +158,11 @@ class _ResettingClient(PapermillNotebookClient):
 
 
 class WarmKernelEngine(NBClientEngine):
-    """papermill engine running notebooks in :data:`POOL`'s warm kernels."""
+    """papermill engine running notebooks in the warm kernels of the ``pool`` it is given.
+
+    Stateless: the pool travels with each call (papermill passes engine keyword arguments
+    through), so every :class:`NotebookRunner` owns its kernels.
+    """
 
     @classmethod
     def execute_managed_notebook(cls, nb_man: Any, kernel_name: str, log_output: bool = False,
@@ -170,7 +170,8 @@ class WarmKernelEngine(NBClientEngine):
                                  execution_timeout: int | None = None, **kwargs: Any) -> Any:
         kwargs = remove_args(["input_path", "timeout", "startup_timeout"], **kwargs)
         workdir = kwargs.pop("cwd", None) or str(Path.cwd())
-        kernel = POOL.acquire(kernel_name)
+        pool: WarmKernelPool = kwargs.pop("pool")
+        kernel = pool.acquire(kernel_name)
         final = merge_kwargs(kwargs, timeout=execution_timeout, startup_timeout=start_timeout,
                              kernel_name=kernel_name, log=log, log_output=log_output,
                              stdout_file=stdout_file, stderr_file=stderr_file)
@@ -182,9 +183,6 @@ class WarmKernelEngine(NBClientEngine):
             kernel.client = client.kc
 
 
-papermill_engines.register(ENGINE_NAME, WarmKernelEngine)
-
-
 @dataclass(frozen=True)
 class NotebookRun:
     """An executed notebook and how long it took."""
@@ -193,29 +191,53 @@ class NotebookRun:
     seconds: float
 
 
-def run_notebook(notebook: Path, output_path: Path, parameters: dict[str, Any], *, warm: bool = True,
-                 kernel_name: str = "python3", timeout_s: float | None = None) -> NotebookRun:
-    """Execute ``notebook`` with ``parameters`` injected; the executed copy goes to ``output_path``.
+class NotebookRunner:
+    """Runs stage notebooks with papermill; owns the warm kernels it reuses between jobs.
 
-    Raises
-    ------
-    StageExecutionError
-        When a cell raised; the executed notebook with the traceback is at ``output_path``.
+    One per worker process (:class:`medimg_hub.pipeline.worker.JobRunner` holds it). With
+    ``warm=False`` every run starts a fresh kernel (papermill's default engine).
     """
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    try:
-        papermill.execute_notebook(
-            str(notebook), str(output_path), parameters=parameters, kernel_name=kernel_name,
-            engine_name=ENGINE_NAME if warm else None, cwd=str(notebook.parent), progress_bar=False,
-            execution_timeout=int(timeout_s) if timeout_s else None,
-        )
-    except PapermillExecutionError as exc:
-        if warm:
-            POOL.discard(kernel_name)  # do not carry a half-run job's state into the next
-        raise StageExecutionError(output_path, exc.cell_index, exc.ename, exc.evalue) from exc
-    except Exception:
-        if warm:
-            POOL.discard(kernel_name)
-        raise
-    return NotebookRun(output_path, time.perf_counter() - start)
+
+    def __init__(self, *, warm: bool = True, max_runs: int = DEFAULT_MAX_RUNS) -> None:
+        self.warm = warm
+        self.pool = WarmKernelPool(max_runs)
+        papermill_engines.register(ENGINE_NAME, WarmKernelEngine)  # idempotent; the engine holds no state
+
+    def run(self, notebook: Path, output_path: Path, parameters: dict[str, Any], *, kernel_name: str = "python3",
+            timeout_s: float | None = None) -> NotebookRun:
+        """Execute ``notebook`` with ``parameters`` injected; the executed copy goes to ``output_path``.
+
+        Raises
+        ------
+        StageExecutionError
+            When a cell raised; the executed notebook with the traceback is at ``output_path``.
+        """
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        engine = {"engine_name": ENGINE_NAME, "pool": self.pool} if self.warm else {}
+        try:
+            papermill.execute_notebook(
+                str(notebook), str(output_path), parameters=parameters, kernel_name=kernel_name,
+                cwd=str(notebook.parent), progress_bar=False,
+                execution_timeout=int(timeout_s) if timeout_s else None, **engine,
+            )
+        except PapermillExecutionError as exc:
+            self.discard(kernel_name)  # do not carry a half-run job's state into the next
+            raise StageExecutionError(output_path, exc.cell_index, exc.ename, exc.evalue) from exc
+        except Exception:
+            self.discard(kernel_name)
+            raise
+        return NotebookRun(output_path, time.perf_counter() - start)
+
+    def interrupt(self, kernel_name: str) -> None:
+        """Interrupt the cell running in ``kernel_name``'s warm kernel (cancel, lost job)."""
+        self.pool.interrupt(kernel_name)
+
+    def discard(self, kernel_name: str) -> None:
+        """Drop ``kernel_name``'s warm kernel (the next run starts a fresh one)."""
+        if self.warm:
+            self.pool.discard(kernel_name)
+
+    def shutdown(self) -> None:
+        """Shut every warm kernel down (at worker exit)."""
+        self.pool.shutdown()

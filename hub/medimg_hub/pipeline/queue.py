@@ -48,7 +48,7 @@ def send_job(app: Celery, store: TaskStore, job: JobRecord) -> bool:
     once ``redispatch_after_s`` has passed.
     """
     try:
-        store.mark_dispatched(job.id)
+        store.execution.mark_dispatched(job.id)
     except InvalidTransitionError:
         log.debug("job %s is no longer queued (claimed or cancelled meanwhile); not sent", job.id)
         return False
@@ -59,5 +59,5 @@ def send_job(app: Celery, store: TaskStore, job: JobRecord) -> bool:
 
 def dispatch_ready(app: Celery, store: TaskStore, *, redispatch_after_s: float | None = None) -> int:
     """Send every queued job that needs a message; returns how many were sent."""
-    jobs = store.jobs_to_dispatch(redispatch_after_s=redispatch_after_s)
+    jobs = store.execution.jobs_to_dispatch(redispatch_after_s=redispatch_after_s)
     return sum(send_job(app, store, job) for job in jobs)

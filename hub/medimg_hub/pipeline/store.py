@@ -6,7 +6,7 @@ came of it is decided here, in one transaction per call:
 * :meth:`TaskStore.create_task` validates the run's parameters against the descriptor
   and creates one job per stage (``queued`` / ``waiting_review`` when it has no
   dependencies, ``pending`` otherwise).
-* Workers :meth:`~TaskStore.claim` a queued job (only one claim of a job can win),
+* Workers ``store.execution.claim`` a queued job (only one claim of a job can win),
   :meth:`~TaskStore.heartbeat` while running, then :meth:`~TaskStore.succeed` or
   :meth:`~TaskStore.fail` (re-queued with backoff while attempts remain).
 * A reconciler lists :meth:`~TaskStore.stale_jobs` and calls
@@ -20,9 +20,10 @@ transaction takes the write lock at ``BEGIN IMMEDIATE``; on both, UPDATEs compar
 row's version counter. Access control (who may decide for which dataset) belongs to
 the API layer in front of the store.
 
-Layout: the dispatcher, worker and reconciler operations are in :mod:`.execution`; the
-transactions, row access and job state changes they share are in :mod:`.transitions`;
-:class:`TaskStore` inherits both.
+Layout: :class:`TaskStore` (creating, reading, cancelling, deciding) holds a
+:class:`~.transitions.JobTransitions` (transactions, row access, job state changes) and a
+:class:`~.execution.JobExecution` on the same one (``store.execution``: the dispatcher, worker
+and reconciler operations). Composition, not inheritance: each part is read on its own.
 """
 
 from __future__ import annotations
@@ -34,22 +35,22 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, select
-from sqlalchemy.orm import selectinload, sessionmaker
+from sqlalchemy.orm import selectinload
 
 from medimg_hub.errors import InvalidTransitionError, SchemaVersionError
 from medimg_kernel.pipeline import ParameterDescriptor, ParameterType, PipelineDescriptor, StageKind, validate_parameters
 
-from medimg_hub.pipeline.execution import ExecutionOperations
+from medimg_hub.pipeline.execution import JobExecution
 from medimg_hub.db.migrations import current_revision, head_revision
 from medimg_hub.db import make_engine, utcnow
 from medimg_hub.pipeline.models import HistoryRecord, Job, JobHistory, JobRecord, Task, TaskRecord
 from medimg_hub.pipeline.states import DECISIONS, DONE_OK, TERMINAL, JobStatus, TaskStatus, initial_status
-from medimg_hub.pipeline.transitions import check_actor
+from medimg_hub.pipeline.transitions import JobTransitions, check_actor
 
 log = logging.getLogger(__name__)
 
 
-class TaskStore(ExecutionOperations):
+class TaskStore:
     """Tasks and jobs in a SQL database (SQLite by default, PostgreSQL by URL).
 
     Parameters
@@ -69,14 +70,14 @@ class TaskStore(ExecutionOperations):
 
     def __init__(self, url: str, *, clock: Callable[[], datetime] = utcnow) -> None:
         self._engine = make_engine(url)
-        self._clock = clock
-        self._lock_rows = self._engine.dialect.name != "sqlite"
         try:
             self._check_schema(url)
         except BaseException:
             self._engine.dispose()
             raise
-        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        self._rows = JobTransitions(self._engine, clock)
+        #: What dispatchers, workers and the reconciler call (:class:`~.execution.JobExecution`).
+        self.execution = JobExecution(self._rows)
 
     def _check_schema(self, url: str) -> None:
         current, head = current_revision(self._engine), head_revision()
@@ -136,7 +137,7 @@ class TaskStore(ExecutionOperations):
         study = self._uid(study_instance_uid, values, pipeline, ParameterType.STUDY_UID)
         series = self._uid(series_instance_uid, values, pipeline, ParameterType.SERIES_UID)
         check_actor(owner)
-        now = self._now()
+        now = self._rows.now()
         task = Task(id=str(uuid.uuid4()), pipeline_id=pipeline.id, pipeline_version=pipeline.version,
                     owner=owner, dataset=dataset, study_instance_uid=study, series_instance_uid=series,
                     parameters=values, created_at=now)
@@ -151,7 +152,7 @@ class TaskStore(ExecutionOperations):
                 created_at=now, updated_at=now, eligible_at=now if status is JobStatus.QUEUED else None,
             )
             task.jobs.append(job)
-        with self._transaction() as session:
+        with self._rows.transaction() as session:
             session.add(task)
             session.flush()
             for job in task.jobs:
@@ -169,13 +170,13 @@ class TaskStore(ExecutionOperations):
 
     def get_task(self, task_id: str) -> TaskRecord:
         """The task and its jobs (``TaskNotFoundError`` if unknown)."""
-        with self._transaction() as session:
-            return TaskRecord.from_row(self._task(session, task_id))
+        with self._rows.transaction() as session:
+            return TaskRecord.from_row(self._rows.task(session, task_id))
 
     def get_job(self, job_id: str) -> JobRecord:
         """One job (``TaskNotFoundError`` if unknown)."""
-        with self._transaction() as session:
-            return JobRecord.from_row(self._job(session, job_id))
+        with self._rows.transaction() as session:
+            return JobRecord.from_row(self._rows.job(session, job_id))
 
     def list_tasks(
         self,
@@ -194,7 +195,7 @@ class TaskStore(ExecutionOperations):
                               (Task.study_instance_uid, study_instance_uid)):
             if value is not None:
                 query = query.where(column == value)
-        with self._transaction() as session:
+        with self._rows.transaction() as session:
             records = [TaskRecord.from_row(t) for t in session.scalars(query)]
         if status is not None:
             records = [r for r in records if r.status == TaskStatus(status)]
@@ -215,7 +216,7 @@ class TaskStore(ExecutionOperations):
                               (Task.dataset, dataset)):
             if value is not None:
                 query = query.where(column == str(value))
-        with self._transaction() as session:
+        with self._rows.transaction() as session:
             return [JobRecord.from_row(j) for j in session.scalars(query)]
 
     def history(self, *, task_id: str | None = None, job_id: str | None = None) -> list[HistoryRecord]:
@@ -225,7 +226,7 @@ class TaskStore(ExecutionOperations):
             query = query.where(JobHistory.task_id == task_id)
         if job_id is not None:
             query = query.where(JobHistory.job_id == job_id)
-        with self._transaction() as session:
+        with self._rows.transaction() as session:
             return [HistoryRecord.from_row(h) for h in session.scalars(query)]
 
     # --- people -----------------------------------------------------------------------------------
@@ -236,10 +237,10 @@ class TaskStore(ExecutionOperations):
         Jobs already final are left as they are; cancelling a finished task changes nothing.
         """
         check_actor(actor)
-        with self._transaction() as session:
-            task = self._task(session, task_id)
+        with self._rows.transaction() as session:
+            task = self._rows.task(session, task_id)
             for job in task.jobs:
-                self._cancel_one(session, self._job(session, job.id), actor, reason)
+                self._rows.cancel_one(session, self._rows.job(session, job.id), actor, reason)
             session.flush()
             session.refresh(task)
             return TaskRecord.from_row(task)
@@ -250,13 +251,13 @@ class TaskStore(ExecutionOperations):
         Raises :class:`InvalidTransitionError` for a job that is already final.
         """
         check_actor(actor)
-        with self._transaction() as session:
-            job = self._job(session, job_id)
+        with self._rows.transaction() as session:
+            job = self._rows.job(session, job_id)
             if JobStatus(job.status) in TERMINAL:
                 raise InvalidTransitionError(job_id, job.status, JobStatus.CANCELLED, f"{job.status} is final")
-            self._cancel_one(session, job, actor, reason)
+            self._rows.cancel_one(session, job, actor, reason)
             if job.status == JobStatus.CANCELLED:
-                self._cancel_dependents(session, job, actor)
+                self._rows.cancel_dependents(session, job, actor)
             return JobRecord.from_row(job)
 
     def decide(
@@ -289,19 +290,19 @@ class TaskStore(ExecutionOperations):
             An auto job, a job not waiting for review, or an unknown decision.
         """
         check_actor(actor)
-        with self._transaction() as session:
-            job = self._job(session, job_id)
+        with self._rows.transaction() as session:
+            job = self._rows.job(session, job_id)
             if job.kind != StageKind.MANUAL:
                 raise InvalidTransitionError(job_id, job.status, str(decision),
                                              "only manual stages are decided; auto stages are finished by their worker")
             if decision not in DECISIONS:
                 raise InvalidTransitionError(job_id, job.status, str(decision),
                                              f"a decision is one of {sorted(DECISIONS)}")
-            self._move(session, job, JobStatus(decision), actor, reason)
+            self._rows.move(session, job, JobStatus(decision), actor, reason)
             job.decided_by = actor
             job.outputs = {**job.outputs, **dict(outputs or {})}
             if job.status in DONE_OK:
-                self._release_dependents(session, job, actor)
+                self._rows.release_dependents(session, job, actor)
             else:
-                self._cancel_dependents(session, job, actor)
+                self._rows.cancel_dependents(session, job, actor)
             return JobRecord.from_row(job)

@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from medimg_kernel.stage import StageContext, read_outputs
 from medimg_hub.pacs.orthanc import OrthancServer
 from medimg_hub.settings import Settings
 from medimg_hub.pipeline.models import JobRecord
-from medimg_hub.pipeline.notebook_runner import POOL, StageExecutionError, run_notebook
+from medimg_hub.pipeline.notebook_runner import NotebookRunner, StageExecutionError
 from medimg_hub.pipeline.queue import RUN_JOB, dispatch_ready, make_celery
 from medimg_hub.pipeline.store import TaskStore
 from medimg_hub.pipeline.tracking import log_job_run
@@ -43,9 +43,11 @@ KERNEL_NAME = "python3"
 class _Heartbeat(threading.Thread):
     """Beats for one job until stopped; interrupts the kernel when a cancel is requested."""
 
-    def __init__(self, store: TaskStore, job_id: str, worker_id: str, interval_s: float) -> None:
+    def __init__(self, store: TaskStore, notebooks: NotebookRunner, job_id: str, worker_id: str,
+                 interval_s: float) -> None:
         super().__init__(name=f"heartbeat-{job_id}", daemon=True)
         self.store, self.job_id, self.worker_id, self.interval_s = store, job_id, worker_id, interval_s
+        self.notebooks = notebooks
         self.stopped = threading.Event()
         self.cancelled = False
         self.lost = False
@@ -53,11 +55,11 @@ class _Heartbeat(threading.Thread):
     def run(self) -> None:
         while not self.stopped.wait(self.interval_s):
             try:
-                job = self.store.heartbeat(self.job_id, self.worker_id)
+                job = self.store.execution.heartbeat(self.job_id, self.worker_id)
             except NotJobOwnerError:
                 log.warning("job %s was taken from this worker; interrupting it", self.job_id)
                 self.lost = True
-                POOL.interrupt(KERNEL_NAME)
+                self.notebooks.interrupt(KERNEL_NAME)
                 return
             except Exception:  # noqa: BLE001 - a database hiccup must not kill the job; retry next beat
                 log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
@@ -65,7 +67,7 @@ class _Heartbeat(threading.Thread):
             if job.cancel_requested and not self.cancelled:
                 log.info("cancel requested for job %s; interrupting its kernel", self.job_id)
                 self.cancelled = True
-                POOL.interrupt(KERNEL_NAME)
+                self.notebooks.interrupt(KERNEL_NAME)
 
 
 @dataclass
@@ -75,10 +77,14 @@ class JobRunner:
     settings: Settings
     store: TaskStore
     worker_id: str
+    notebooks: NotebookRunner = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.notebooks = NotebookRunner(warm=self.settings.queue.warm_kernels)
 
     def run(self, job_id: str) -> str:
         """Run one job end to end; returns its final status for this attempt."""
-        job = self.store.claim(job_id, self.worker_id)
+        job = self.store.execution.claim(job_id, self.worker_id)
         if job is None:
             log.info("job %s is not claimable (taken, done or cancelled); dropping the message", job_id)
             return "skipped"
@@ -89,12 +95,11 @@ class JobRunner:
         workdir.mkdir(parents=True, exist_ok=True)
         context = self._context(job, task.pipeline_id, workdir)
         executed = workdir / f"{job.stage_id}.ipynb"
-        heartbeat = _Heartbeat(self.store, job.id, self.worker_id, self.settings.tasks.heartbeat_s)
+        heartbeat = _Heartbeat(self.store, self.notebooks, job.id, self.worker_id, self.settings.tasks.heartbeat_s)
         heartbeat.start()
         try:
             params = {**job.parameters, "medimg_job": str(workdir / "context.json")}
-            run = run_notebook(notebook, executed, params, warm=self.settings.queue.warm_kernels,
-                         kernel_name=KERNEL_NAME, timeout_s=job.timeout_s)
+            run = self.notebooks.run(notebook, executed, params, kernel_name=KERNEL_NAME, timeout_s=job.timeout_s)
         except StageExecutionError as exc:
             return self._failed(job, task.pipeline_id, heartbeat, exc.ename, str(exc), executed)
         except Exception as exc:  # noqa: BLE001 - the kernel died or would not start: record it, keep serving
@@ -106,7 +111,7 @@ class JobRunner:
         tracking_start = time.perf_counter()
         outputs["mlflow_run_id"] = self._track(job, task.pipeline_id, outputs, executed, "succeeded")
         outputs["timing_s"] = {"notebook": round(run.seconds, 3), "tracking": round(time.perf_counter() - tracking_start, 3)}
-        self.store.succeed(job.id, self.worker_id, outputs)
+        self.store.execution.succeed(job.id, self.worker_id, outputs)
         return "succeeded"
 
     def _context(self, job: JobRecord, pipeline_id: str, workdir: Path) -> StageContext:
@@ -128,7 +133,7 @@ class JobRunner:
         if heartbeat.lost:
             return "lost"
         if heartbeat.cancelled:
-            self.store.confirm_cancelled(job.id, self.worker_id)
+            self.store.execution.confirm_cancelled(job.id, self.worker_id)
             return "cancelled"
         outputs = {"executed_notebook": str(executed)} if executed.exists() else {}
         try:
@@ -136,7 +141,7 @@ class JobRunner:
         except Exception:  # noqa: BLE001 - tracking must not hide the job's own failure
             log.warning("could not record failed job %s in MLflow", job.id, exc_info=True)
         retryable = ename in TRANSIENT_ERRORS
-        self.store.fail(job.id, self.worker_id, message, retryable=retryable)
+        self.store.execution.fail(job.id, self.worker_id, message, retryable=retryable)
         log.warning("job %s failed (%s, %s): %s", job.id, ename, "will retry" if retryable else "final", message)
         return "failed"
 
@@ -171,5 +176,5 @@ def run_worker(settings: Settings, group: str) -> None:
             "--without-heartbeat", "--loglevel", "INFO",
         ])
     finally:
-        POOL.shutdown()
+        runner.notebooks.shutdown()
         store.close()

@@ -9,12 +9,13 @@ passed down; no library code reads the environment.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 from medimg_kernel.errors import ConfigurationError
 
@@ -296,34 +297,33 @@ def dump_settings(settings: Settings, path: Path) -> Path:
     Relative paths are written resolved, so the file works from any folder. Used to hand the
     effective settings to the platform's child processes.
     """
-    lines = []
+    document: dict[str, Any] = {}
     for section in dataclasses.fields(settings):
         if section.name in ("base_dir", "config_file"):
             continue
         if section.name == "datasets":
-            for dataset in settings.datasets:
-                lines.append("[[datasets]]")
-                lines += [f"{f.name} = {_toml_value(getattr(dataset, f.name))}" for f in dataclasses.fields(dataset)]
-                lines.append("")
-            continue
-        lines.append(f"[{section.name}]")
-        for item in dataclasses.fields(getattr(settings, section.name)):
-            value = getattr(getattr(settings, section.name), item.name)
-            lines.append(f"{item.name} = {_toml_value(settings.resolve(value) if isinstance(value, Path) else value)}")
-        lines.append("")
+            document["datasets"] = [_toml_table(dataset, settings) for dataset in settings.datasets]
+        else:
+            document[section.name] = _toml_table(getattr(settings, section.name), settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines), encoding="utf-8")
+    path.write_text(tomli_w.dumps(document), encoding="utf-8")
     return path
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (tuple, list)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+def _toml_table(section: Any, settings: Settings) -> dict[str, Any]:
+    """One section as TOML values: paths resolved and written as strings, tuples as arrays; unset
+    (``None``) values left out, so they read back as their defaults."""
+    table = {}
+    for item in dataclasses.fields(section):
+        value = getattr(section, item.name)
+        if value is None:
+            continue
+        if isinstance(value, Path):
+            value = str(settings.resolve(value))
+        elif isinstance(value, tuple):
+            value = [str(v) if isinstance(v, Path) else v for v in value]
+        table[item.name] = value
+    return table
 
 
 def _stringify(value: Any) -> Any:
