@@ -97,11 +97,13 @@ else:
     c.JupyterHub.spawner_class = "medimg_hub.hubconf.spawner.SharedSpawner"
     c.SharedSpawner.homes_dir = str(settings.resolve(hub.homes_dir))
 c.ProfileSpawnerMixin.gpu_pool = GpuPool(hub.gpu_devices)
-# Users' servers need an interpreter their OS accounts can execute: scripts/bootstrap.sh builds
-# .venv-users (Debian's python3.11 over the project's packages) when .venv's Python is not.
+# Users' servers (and so their kernels) run .venv-users' Python: Debian's python3.11 over .venv's
+# packages *without* the project's editable install, plus the repository root: medimg_kernel and
+# medimg_voila are importable there, medimg_hub (hub/) is not. scripts/bootstrap.sh builds it.
 USERS_VENV_PYTHON = REPO_ROOT / ".venv-users" / "bin" / "python"
-c.ProfileSpawnerMixin.user_python = hub.user_python or (
-    str(USERS_VENV_PYTHON) if USERS_VENV_PYTHON.exists() else sys.executable)
+if not hub.user_python and not USERS_VENV_PYTHON.exists():
+    raise SystemExit(f"{USERS_VENV_PYTHON} is missing: run scripts/bootstrap.sh (it builds users' environment)")
+c.ProfileSpawnerMixin.user_python = hub.user_python or str(USERS_VENV_PYTHON)
 c.ProfileSpawnerMixin.dashboards_dir = str(REPO_ROOT / "dashboards")
 # Engineers' kernels track runs through the hub with their server's token (MLFLOW_TRACKING_TOKEN).
 c.ProfileSpawnerMixin.mlflow_tracking_uri = f"{PUBLIC_URL}{MLFLOW_PREFIX}"
@@ -113,7 +115,7 @@ c.Spawner.environment = {
     # Kernels reach images only through the platform's gateway, with their server's hub token,
     # on the service's own port (medimg_hub.hubconf.routes: the proxy halves WADO throughput).
     **kernel_environment(settings),
-    "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "hub")]),
+    "PYTHONPATH": str(REPO_ROOT),  # the kernel side only: never hub/ (the trust boundary)
 }
 c.JupyterHub.allow_named_servers = False
 

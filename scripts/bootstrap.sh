@@ -73,18 +73,22 @@ PYEOF
   echo "$want" > "$stamp"
 fi
 
-# --- an interpreter users' OS accounts can run ----------------------------------------------
-# Users' servers run as their own OS accounts (medimg-<user>). When .venv's Python lives where they
-# cannot execute it (e.g. under /root), .venv-users is Debian's python3.11 over .venv's packages.
+# --- users' environment: the kernel side only ------------------------------------------------
+# Users' servers and kernels run .venv-users: Debian's python3.11 (executable by every OS account,
+# unlike a Python under /root) over .venv's packages, added as a plain path so that .venv's .pth
+# files are not processed: the project's editable install, which maps medimg_hub, stays out. The
+# repository root is added instead: medimg_kernel and medimg_voila, never hub/ (the trust boundary).
 site_dir=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-if [ ! -x .venv-users/bin/python ] && [ -x /usr/bin/python3.11 ] && \
-   ! runuser -u nobody -- "$(readlink -f .venv/bin/python)" -c pass 2>/dev/null; then
-  say "creating .venv-users (Debian python3.11 over .venv's packages) for users' servers"
+if [ ! -x .venv-users/bin/python ]; then
+  say "creating .venv-users (Debian python3.11 over .venv's packages, kernel side only) for users' servers"
   /usr/bin/python3.11 -m venv --without-pip .venv-users
-  echo "import site; site.addsitedir('$site_dir')" > .venv-users/lib/python3.11/site-packages/medimg-project.pth
-  mkdir -p .venv-users/share .venv-users/etc  # Jupyter's data (Voila templates, Lab assets) and config (server extensions)
-  ln -sfn "$(pwd)/.venv/share/jupyter" .venv-users/share/jupyter
-  ln -sfn "$(pwd)/.venv/etc/jupyter" .venv-users/etc/jupyter
+fi
+printf '%s\n%s\n' "$site_dir" "$(pwd)" > .venv-users/lib/python3.11/site-packages/medimg-project.pth
+mkdir -p .venv-users/share .venv-users/etc  # Jupyter's data (Voila templates, Lab assets) and config (server extensions)
+ln -sfn "$(pwd)/.venv/share/jupyter" .venv-users/share/jupyter
+ln -sfn "$(pwd)/.venv/etc/jupyter" .venv-users/etc/jupyter
+if .venv-users/bin/python -c 'import medimg_hub' 2>/dev/null; then
+  say "error: users' environment (.venv-users) can import medimg_hub"; exit 1
 fi
 
 # --- configurable-http-proxy (JupyterHub's proxy) ------------------------------------------

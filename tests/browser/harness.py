@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from medimg_hub.servers.process import free_port
-from medimg_hub.review.voila_templates import TEMPLATE_NAME, jupyter_path_env
+from medimg_voila.templates import TEMPLATE_NAME, jupyter_path_env
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, Playwright

@@ -32,6 +32,7 @@ from medimg_hub.servers.jupyterhub import JupyterHubServer
 from medimg_hub.servers.process import free_port
 from medimg_hub.settings import HubSettings, MlflowSettings, PlatformSettings, Settings, dump_settings, load_settings
 
+REPO = Path(__file__).resolve().parents[2]
 VENV_SITE = Path(sysconfig.get_paths()["purelib"])  # the site-packages of the interpreter running the tests
 
 
@@ -57,14 +58,16 @@ def user_readable_python(root: Path) -> str:
 
     The project's venv is built on a pyenv Python under /root (mode 0700), which system accounts
     cannot execute. This makes a venv from Debian's /usr/bin/python3.11 (same minor version, same
-    ABI) whose ``.pth`` adds the project's site-packages, and links ``share/jupyter`` (Voila's
-    templates, JupyterLab's assets). A real installation puts the venv under /opt instead.
+    ABI) whose ``.pth`` adds the project's site-packages and the repository root as plain paths
+    (the kernel side only, as scripts/bootstrap.sh builds .venv-users), and links
+    ``share/jupyter`` (Voila's templates, JupyterLab's assets). A real installation puts the venv
+    under /opt instead.
     """
     env_dir = root / "user-venv"
     if not (env_dir / "bin" / "python").exists():
         subprocess.run(["/usr/bin/python3.11", "-m", "venv", "--without-pip", str(env_dir)], check=True)
         site = env_dir / "lib" / "python3.11" / "site-packages"
-        (site / "medimg-project.pth").write_text(f"import site; site.addsitedir({str(VENV_SITE)!r})\n")
+        (site / "medimg-project.pth").write_text(f"{VENV_SITE}\n{REPO}\n")
         (env_dir / "share").mkdir(exist_ok=True)
         (env_dir / "share" / "jupyter").symlink_to(VENV_SITE.parents[2] / "share" / "jupyter")
     return str(env_dir / "bin" / "python")

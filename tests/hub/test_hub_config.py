@@ -136,7 +136,7 @@ def test_kubespawner_profile_list_renders_and_loads():
     gpu = next(p for p in rendered if p["slug"] == "engineer-gpu")
     assert gpu["kubespawner_override"]["extra_resource_limits"] == {"nvidia.com/gpu": "1"}
     clinician = next(p for p in rendered if p["slug"] == "clinician")
-    assert clinician["kubespawner_override"]["cmd"][-2:] == ["medimg_hub.review.voila_app",
+    assert clinician["kubespawner_override"]["cmd"][-2:] == ["medimg_voila.app",
                                                            "/opt/medimg/dashboards/worklist.ipynb"]
     assert "extra_resource_limits" not in clinician["kubespawner_override"]
     # KubeSpawner cannot be instantiated without a cluster's config: validate against its traits.

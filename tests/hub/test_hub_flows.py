@@ -74,7 +74,14 @@ def test_engineer_gets_jupyterlab_and_runs_code(hub, admin_token):
                             "import os; print(os.environ['MEDIMG_PROFILE'], repr(os.environ['CUDA_VISIBLE_DEVICES']),"
                             " os.environ['MEDIMG_DICOMWEB_URL'], 6 * 7)")
         assert out["error"] == ""
-        assert out["stdout"].split() == ["engineer-cpu", "''", f"{hub.url}/services/platform/dicom-web", "42"]
+        # kernels call the platform API on its own port (medimg_hub.hubconf.routes), not through the proxy
+        platform = f"http://127.0.0.1:{hub.settings.hub.platform_api_port}/services/platform"
+        assert out["stdout"].split() == ["engineer-cpu", "''", f"{platform}/dicom-web", "42"]
+        # the trust boundary: a user's kernel has the kernel library, and cannot import the hub side
+        out = run_in_kernel(hub, "engineer1", engineer.new_token("engineer1"),
+                            "import importlib.util as u, sys; print(u.find_spec('medimg_kernel') is not None,"
+                            " u.find_spec('medimg_hub') is None, any(p.endswith('/hub') for p in sys.path))")
+        assert out["error"] == "" and out["stdout"].split() == ["True", "True", "False"], out
     finally:
         stop_server(hub, admin_token, "engineer1")
 

@@ -109,7 +109,7 @@ def choose_profile(slug: str | None, groups: Iterable[str], username: str,
 def server_command(profile: Profile, python: str, dashboards_dir: Path) -> list[str]:
     """The single-user server's command line for ``profile``."""
     if profile.kind == "voila":
-        return [python, "-m", "medimg_hub.review.voila_app", str(dashboards_dir / profile.dashboard)]
+        return [python, "-m", "medimg_voila.app", str(dashboards_dir / profile.dashboard)]
     return [python, "-m", "jupyterhub.singleuser"]
 
 

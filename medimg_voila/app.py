@@ -1,6 +1,6 @@
 """The Voila-only single-user server of clinicians and directors (DESIGN.md §3).
 
-Run by the spawner as ``python -m medimg_hub.review.voila_app DASHBOARD.ipynb``. It is standalone Voila,
+Run by the spawner as ``python -m medimg_voila.app DASHBOARD.ipynb``. It is standalone Voila,
 not a Jupyter server with JupyterLab turned off: there is no JupyterLab, no terminals, no contents
 API and no kernels API; the only notebook it runs is the one it was started with, and the kernel
 websocket passes comm and kernel-info messages only (Voila's own filter), so a browser cannot
@@ -10,7 +10,7 @@ Authentication is JupyterHub's OAuth, through :class:`HubIdentityProvider`: Voil
 an identity provider's handlers (``/oauth_callback``, ``/logout``) without the server's prefix,
 so the subclass adds ``/user/<name>/``. Everything else comes from the environment the spawner
 sets (``JUPYTERHUB_SERVICE_URL``, ``JUPYTERHUB_SERVICE_PREFIX``, the API token, the OAuth client).
-Pages use the offline ``medimg`` template (:mod:`medimg_hub.review.voila_templates`): no request leaves
+Pages use the offline ``medimg`` template (:mod:`medimg_voila.templates`): no request leaves
 the hub.
 """
 
@@ -54,7 +54,7 @@ class HubVoila(Voila):
     def initialize(self, argv: Sequence[str] | None = None) -> None:
         super().initialize(argv)
         if not self.notebook_path:
-            raise SystemExit("medimg_hub.review.voila_app serves exactly one notebook: pass its path")
+            raise SystemExit("medimg_voila.app serves exactly one notebook: pass its path")
         # Set after the command line and config files, so nothing can loosen these.
         service_url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8866"))
         self.ip = service_url.hostname or "127.0.0.1"
@@ -81,12 +81,12 @@ class HubVoila(Voila):
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: ``python -m medimg_hub.review.voila_app NOTEBOOK``, rendered with the offline ``medimg`` template.
+    """Entry point: ``python -m medimg_voila.app NOTEBOOK``, rendered with the offline ``medimg`` template.
 
-    Voila finds templates only through ``JUPYTER_PATH`` (:mod:`medimg_hub.review.voila_templates`), so
+    Voila finds templates only through ``JUPYTER_PATH`` (:mod:`medimg_voila.templates`), so
     it is set here, before Voila computes its paths.
     """
-    from medimg_hub.review.voila_templates import TEMPLATE_NAME, jupyter_path_env
+    from medimg_voila.templates import TEMPLATE_NAME, jupyter_path_env
 
     os.environ["JUPYTER_PATH"] = jupyter_path_env(os.environ.get("JUPYTER_PATH"))
     args = list(argv) if argv is not None else sys.argv[1:]
