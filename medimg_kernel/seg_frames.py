@@ -1,7 +1,7 @@
 """Pairing SEG frames with the slices of a volume, and decoding them into masks.
 
 Used by :mod:`medimg_kernel.segmentation`. When writing, the volume's source CT
-headers are sorted along the slice normal (:func:`medimg_kernel.geometry.slice_order`)
+headers are sorted along the slice normal (:func:`medimg_kernel.series.geometry.slice_order`)
 and checked against the volume's grid before highdicom sees them, since highdicom
 pairs frame ``i`` with ``source_images[i]`` without checking. When reading, each frame
 is matched to a slice by the SOP Instance UID it references (when ``volume.sources``
@@ -17,7 +17,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from .errors import SegmentationError
-from .geometry import slice_order
+from .series.geometry import slice_order
 from .volume import Volume
 
 _SEGMENTATION_TYPES = ("BINARY", "LABELMAP")
