@@ -35,8 +35,8 @@ _LAZY = {
     "DICOMfolderClient": "client",
     "DICOMwebProtocol": "dicomweb",
     "read_series": "series",
-    "write_seg": "segmentation",
-    "read_seg": "segmentation",
+    "write_seg": "seg",
+    "read_seg": "seg",
     "write_sr": "report",
     "read_sr": "report",
 }

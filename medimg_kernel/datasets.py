@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 
 from .dicomweb import DICOMwebProtocol
 from .errors import ConfigurationError, MedImgError
-from .segmentation import MODEL_PREFIX, describe_seg, read_seg
+from .seg import MODEL_PREFIX, describe_seg, read_seg
 from .series import read_series
 from .volume import Volume
 

@@ -1,6 +1,6 @@
 """TID 1500 Measurement Reports of segment volumes, written and read with highdicom.
 
-Each SEG written by :func:`medimg_kernel.segmentation.write_seg` comes with one
+Each SEG written by :func:`medimg_kernel.seg.write_seg` comes with one
 Comprehensive 3D SR (DESIGN.md §4) holding a TID 1500 "Imaging Measurement
 Report": one TID 1411 volumetric ROI measurement group per segment, with
 
@@ -31,7 +31,7 @@ from pydicom.uid import generate_uid
 from . import __version__
 from .anatomy import find_segment_type, get_segment_type
 from .errors import MedImgError, ReportError
-from .segmentation import SEG_SOP_CLASS_UIDS, SegInfo, describe_seg, read_seg_masks
+from .seg import SEG_SOP_CLASS_UIDS, SegInfo, describe_seg, read_seg_masks
 from .volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def write_sr(
         ``sources`` the evidence and the source series).
     labels
         The label map or boolean mask stack the SEG was written from; decoded
-        from ``seg`` with :func:`~medimg_kernel.segmentation.read_seg_masks`
+        from ``seg`` with :func:`~medimg_kernel.seg.read_seg_masks`
         when ``None``.
     series_number
         SeriesNumber of the SR series.

@@ -113,7 +113,7 @@ class ReviewCase(HasTraits):
         DICOMwebError
             The PACS could not be reached or refused.
         """
-        from ..segmentation import describe_seg, read_seg
+        from ..seg import describe_seg, read_seg
         from ..series import read_series
 
         study, series = str(item["study_instance_uid"]), str(item["series_instance_uid"])
@@ -276,7 +276,7 @@ class ReviewCase(HasTraits):
         if decision == REJECTED:
             return outputs
         from ..report import write_sr
-        from ..segmentation import describe_seg, write_seg
+        from ..seg import describe_seg, write_seg
 
         creator = reviewer_person_name(self.reviewer)
         seg = write_seg(self.volume, self.editor.labels, list(self.segments), type_id=describe_seg(self.model_seg).type_id,

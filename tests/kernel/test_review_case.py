@@ -17,7 +17,7 @@ from medimg_kernel.review.case import ReviewCase, dice_by_segment
 from medimg_kernel.review.draft import Draft, decode_draft, encode_draft
 from medimg_kernel.review.editing import Edit
 from medimg_kernel.review.worklist import WorklistModel
-from medimg_kernel.segmentation import AlgorithmIdentification, describe_seg, read_seg, write_seg
+from medimg_kernel.seg import AlgorithmIdentification, describe_seg, read_seg, write_seg
 from medimg_kernel.series import read_series
 
 from ..series_factory import small_ct_series
