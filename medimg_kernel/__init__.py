@@ -37,8 +37,8 @@ _LAZY = {
     "read_series": "series",
     "write_seg": "seg",
     "read_seg": "seg",
-    "write_sr": "report",
-    "read_sr": "report",
+    "write_sr": "sr",
+    "read_sr": "sr",
 }
 
 __all__ = [

@@ -275,7 +275,7 @@ class ReviewCase(HasTraits):
         }
         if decision == REJECTED:
             return outputs
-        from ..report import write_sr
+        from ..sr import write_sr
         from ..seg import describe_seg, write_seg
 
         creator = reviewer_person_name(self.reviewer)
@@ -292,7 +292,7 @@ def _report_volumes(dicomweb: DICOMwebProtocol, study: str, sr_uids: list[str]) 
     """Segment volumes (mm³) of the model's SR; empty (and logged) when it cannot be read."""
     if not sr_uids:
         return {}
-    from ..report import read_sr
+    from ..sr import read_sr
 
     try:
         return read_sr(find_instance(dicomweb, study, str(sr_uids[0])))
