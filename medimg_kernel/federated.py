@@ -28,6 +28,7 @@ import numpy as np
 import requests
 import torch
 
+from . import dicom_json
 from .client import connect
 from .datasets import TrainingPair, load_training_pairs, split_holdout
 from .dicomweb import DICOMwebProtocol
@@ -122,8 +123,7 @@ def _tag(keyword: str) -> str:
 def _matches(series: Mapping[str, Any], filters: Mapping[str, str]) -> bool:
     """Whether a QIDO series answer has every filtered attribute, as value or ``*``/``?`` pattern."""
     for keyword, pattern in filters.items():
-        values = series.get(_tag(keyword), {}).get("Value", [])
-        if not any(fnmatch.fnmatchcase(str(v), pattern) for v in values):
+        if not any(fnmatch.fnmatchcase(str(v), pattern) for v in dicom_json.values(series, _tag(keyword))):
             return False
     return True
 

@@ -30,6 +30,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from traitlets import Bool, HasTraits, Unicode
 
+from ..dicom_json import first_value
 from ..dicomweb import DICOMwebProtocol
 from ..errors import DICOMwebError, MedImgError, ReviewConflictError, SegmentationError
 from ..platform_client import ReviewAPI
@@ -65,7 +66,7 @@ def reviewer_person_name(user: str) -> str:
 def find_instance(dicomweb: DICOMwebProtocol, study: str, sop_instance_uid: str) -> Dataset:
     """Retrieve one instance of ``study`` by SOP Instance UID (its series looked up with QIDO)."""
     found = dicomweb.search_for_instances(study, search_filters={"SOPInstanceUID": sop_instance_uid})
-    series = {str(item.get("0020000E", {}).get("Value", [""])[0]) for item in found}
+    series = {first_value(item, "0020000E") for item in found}
     if len(series) != 1 or "" in series:
         raise SegmentationError(f"instance {sop_instance_uid} is not in the PACS (or not visible to you)")
     return dicomweb.retrieve_instance(study, series.pop(), sop_instance_uid)
