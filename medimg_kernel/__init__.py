@@ -2,6 +2,15 @@
 
 Everyday names are importable from the top level; heavy modules (highdicom,
 torch) load only when first used.
+
+Rooms: :mod:`.series` (reading image series), :mod:`.seg` (DICOM SEG), :mod:`.sr`
+(measurement reports), :mod:`.pipeline` (pipeline descriptors), :mod:`.review` (the
+clinician's review widgets), :mod:`.federation` (a federated site's work),
+:mod:`.phantom` (synthetic patients), and single modules for the DICOMweb protocol,
+clients and DICOM JSON values, datasets, models, training and the registry.
+
+medimg_kernel imports only itself and third-party libraries; never :mod:`medimg_hub`
+(the hub imports the kernel, not the reverse).
 """
 
 from __future__ import annotations
@@ -35,10 +44,10 @@ _LAZY = {
     "DICOMfolderClient": "client",
     "DICOMwebProtocol": "dicomweb",
     "read_series": "series",
-    "write_seg": "segmentation",
-    "read_seg": "segmentation",
-    "write_sr": "report",
-    "read_sr": "report",
+    "write_seg": "seg",
+    "read_seg": "seg",
+    "write_sr": "sr",
+    "read_sr": "sr",
 }
 
 __all__ = [

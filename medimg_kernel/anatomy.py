@@ -5,7 +5,7 @@ and in TID 1500 measurement reports:
 
 * ``label_value``: the platform-wide label value a model emits for the
   structure (a model's output channel / label map value). In a SEG written by
-  :func:`medimg_kernel.segmentation.write_seg` the SegmentNumber is the
+  :func:`medimg_kernel.seg.write_seg` the SegmentNumber is the
   position in the caller's ``segments`` list plus one, not this value.
 * SegmentedPropertyCategoryCodeSequence: SCT 91723000 "Anatomical Structure"
   (CID 7150 "Segmentation Property Categories"; "Organ" 91772007 is not in

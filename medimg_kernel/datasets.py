@@ -17,14 +17,15 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from pydicom.dataset import Dataset
 
+from .dicom_json import first_value
 from .dicomweb import DICOMwebProtocol
 from .errors import ConfigurationError, MedImgError
-from .segmentation import MODEL_PREFIX, describe_seg, read_seg
+from .seg import MODEL_PREFIX, describe_seg, read_seg
 from .series import read_series
 from .volume import Volume
 
@@ -99,24 +100,19 @@ class _SegCandidate:
     content_datetime: datetime | None
 
 
-def _value(item: dict[str, Any], tag: str) -> str:
-    values = item.get(tag, {}).get("Value", [])
-    return str(values[0]) if values else ""
-
-
 def _finalised_segs(client: DICOMwebProtocol, study_uid: str, type_id: str) -> list[_SegCandidate]:
     """Every SEG instance of ``study_uid`` whose SeriesDescription is exactly ``type_id``."""
     found = []
     for series in client.search_for_series(study_uid, search_filters={"Modality": "SEG"}):
-        series_uid = _value(series, _SERIES)
+        series_uid = first_value(series, _SERIES)
         # QIDO servers usually return SeriesDescription; when absent (folder client) the SEG decides.
-        description = _value(series, _DESCRIPTION) if _DESCRIPTION in series else type_id
+        description = first_value(series, _DESCRIPTION) if _DESCRIPTION in series else type_id
         if description != type_id:
             logger.debug("study %s: SEG series %s (%r) is not a finalised %r", study_uid, series_uid,
                          description, type_id)
             continue
         for instance in client.search_for_instances(study_uid, series_uid):
-            sop_uid = _value(instance, _SOP)
+            sop_uid = first_value(instance, _SOP)
             seg = client.retrieve_instance(study_uid, series_uid, sop_uid)
             info = describe_seg(seg)
             if info.is_model or info.type_id != type_id:  # trust the object, not only QIDO
@@ -145,7 +141,7 @@ def _remap(labels: np.ndarray, seg: Dataset, label_names: Sequence[str]) -> np.n
 
 def _image_series(client: DICOMwebProtocol, study_uid: str, modality: str) -> list[str]:
     found = client.search_for_series(study_uid, search_filters={"Modality": modality})
-    return [_value(s, _SERIES) for s in found if _value(s, _MODALITY) in ("", modality)]
+    return [first_value(s, _SERIES) for s in found if first_value(s, _MODALITY) in ("", modality)]
 
 
 def _study_pairs(client: DICOMwebProtocol, study_uid: str, type_id: str, label_names: tuple[str, ...],
@@ -211,7 +207,7 @@ def load_training_pairs(
                                  f"(e.g. {type_id.removeprefix(MODEL_PREFIX)!r}): only finalised SEGs are labels")
     names = tuple(label_names)
     if study_instance_uids is None:
-        study_instance_uids = [_value(s, _STUDY) for s in client.search_for_studies()]
+        study_instance_uids = [first_value(s, _STUDY) for s in client.search_for_studies()]
     pairs: list[TrainingPair] = []
     skipped: list[SkippedStudy] = []
     for study_uid in study_instance_uids:

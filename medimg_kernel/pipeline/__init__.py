@@ -2,8 +2,12 @@
 
 * :mod:`.parameters`: parameter types and the coercion of run values (UIDs, model references).
 * :mod:`.stages`: stage kinds, retry policies and stage descriptors.
+* :mod:`.schema`: the ``pipeline.yaml`` format, checked key by key into descriptor arguments.
 * :mod:`.descriptor`: the pipeline descriptor (dependencies, cycles) and :func:`validate_parameters`.
-* :mod:`.loading`: the ``pipeline.yaml`` format, :func:`load_pipeline` and :func:`discover_pipelines`.
+* :mod:`.loading`: reading ``pipeline.yaml`` files: :func:`load_pipeline` and :func:`discover_pipelines`.
+
+Each module imports only those above it in this list, and :mod:`medimg_kernel.errors`
+(plus PyYAML in ``loading``); never :mod:`medimg_hub` or any other part of medimg_kernel.
 """
 
 from .descriptor import PipelineDescriptor, validate_parameters

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import ParameterError, PipelineError
 from .parameters import ParameterDescriptor, is_identifier
+from .schema import pipeline_fields
 from .stages import StageDescriptor
 
 
@@ -122,10 +123,8 @@ class PipelineDescriptor:
     @classmethod
     def from_dict(cls, data: Any, *, root: Path | None = None, source: str = "") -> PipelineDescriptor:
         """Build a descriptor from parsed YAML/JSON, refusing unknown keys and wrong types."""
-        from .loading import _parse_pipeline  # here: the loading module imports this one
-
         try:
-            return _parse_pipeline(data, root=root)
+            return PipelineDescriptor(**pipeline_fields(data), root=root)
         except PipelineError as exc:
             exc.source = exc.source or source
             raise

@@ -94,4 +94,4 @@ class ReviewApp(w.VBox):
 
 def _preload() -> None:
     """Import what opening a case needs (highdicom, pydicom's pixel handlers) before the first click."""
-    from .. import report, segmentation, series  # noqa: F401
+    from .. import seg, series, sr  # noqa: F401

@@ -30,6 +30,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from traitlets import Bool, HasTraits, Unicode
 
+from ..dicom_json import first_value
 from ..dicomweb import DICOMwebProtocol
 from ..errors import DICOMwebError, MedImgError, ReviewConflictError, SegmentationError
 from ..platform_client import ReviewAPI
@@ -65,7 +66,7 @@ def reviewer_person_name(user: str) -> str:
 def find_instance(dicomweb: DICOMwebProtocol, study: str, sop_instance_uid: str) -> Dataset:
     """Retrieve one instance of ``study`` by SOP Instance UID (its series looked up with QIDO)."""
     found = dicomweb.search_for_instances(study, search_filters={"SOPInstanceUID": sop_instance_uid})
-    series = {str(item.get("0020000E", {}).get("Value", [""])[0]) for item in found}
+    series = {first_value(item, "0020000E") for item in found}
     if len(series) != 1 or "" in series:
         raise SegmentationError(f"instance {sop_instance_uid} is not in the PACS (or not visible to you)")
     return dicomweb.retrieve_instance(study, series.pop(), sop_instance_uid)
@@ -113,7 +114,7 @@ class ReviewCase(HasTraits):
         DICOMwebError
             The PACS could not be reached or refused.
         """
-        from ..segmentation import describe_seg, read_seg
+        from ..seg import describe_seg, read_seg
         from ..series import read_series
 
         study, series = str(item["study_instance_uid"]), str(item["series_instance_uid"])
@@ -275,8 +276,8 @@ class ReviewCase(HasTraits):
         }
         if decision == REJECTED:
             return outputs
-        from ..report import write_sr
-        from ..segmentation import describe_seg, write_seg
+        from ..sr import write_sr
+        from ..seg import describe_seg, write_seg
 
         creator = reviewer_person_name(self.reviewer)
         seg = write_seg(self.volume, self.editor.labels, list(self.segments), type_id=describe_seg(self.model_seg).type_id,
@@ -292,7 +293,7 @@ def _report_volumes(dicomweb: DICOMwebProtocol, study: str, sr_uids: list[str]) 
     """Segment volumes (mm³) of the model's SR; empty (and logged) when it cannot be read."""
     if not sr_uids:
         return {}
-    from ..report import read_sr
+    from ..sr import read_sr
 
     try:
         return read_sr(find_instance(dicomweb, study, str(sr_uids[0])))

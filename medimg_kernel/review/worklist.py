@@ -15,6 +15,7 @@ from typing import Any
 
 from traitlets import HasTraits, List, Unicode
 
+from ..dicom_json import first_value
 from ..dicomweb import DICOMwebProtocol
 from ..errors import DICOMwebError
 from ..platform_client import ReviewAPI
@@ -108,7 +109,7 @@ class WorklistModel(HasTraits):
             try:
                 found = self.dicomweb.search_for_studies(search_filters={"StudyInstanceUID": study},
                                                          fields=["StudyDate"])
-                value = str(found[0].get("00080020", {}).get("Value", [""])[0]) if found else ""
+                value = first_value(found[0], "00080020") if found else ""
             except DICOMwebError as exc:
                 log.warning("study date lookup failed: %s", type(exc).__name__)
                 return ""

@@ -20,7 +20,7 @@ from medimg_hub.demo.sites import generate_demo
 from medimg_hub.pacs.ingest import ingest_files
 from medimg_kernel.client import DICOMfolderClient
 from medimg_kernel.datasets import SkippedStudy, holdout_score, load_training_pairs, split_holdout
-from medimg_kernel.segmentation import AlgorithmIdentification, read_seg, write_seg
+from medimg_kernel.seg import AlgorithmIdentification, read_seg, write_seg
 from medimg_kernel.series import read_series
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ import pytest
 
 import medimg_kernel as mk
 from medimg_kernel.phantom import DEFAULT_SITES, make_phantom
-from medimg_kernel.report import read_sr_report
-from medimg_kernel.segmentation import AlgorithmIdentification, describe_seg
+from medimg_kernel.sr import read_sr_report
+from medimg_kernel.seg import AlgorithmIdentification, describe_seg
 from medimg_kernel.synthetic import SyntheticPatient, ct_series_from_volume
 from pydicom.uid import generate_uid
 

@@ -7,8 +7,8 @@ import pytest
 from pydicom.sr.codedict import codes
 
 from medimg_kernel.errors import ReportError
-from medimg_kernel.report import read_sr, read_sr_report, segment_volumes_mm3, write_sr
-from medimg_kernel.segmentation import write_seg
+from medimg_kernel.sr import read_sr, read_sr_report, segment_volumes_mm3, write_sr
+from medimg_kernel.seg import write_seg
 from medimg_kernel.volume import Volume
 from tests.kernel.test_segmentation import MODEL, OBLIQUE, SEGMENTS, make_labels, make_volume
 

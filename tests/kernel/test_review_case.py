@@ -12,12 +12,12 @@ import pytest
 
 from medimg_kernel.client import DICOMfolderClient
 from medimg_kernel.errors import CaseClaimedError, DICOMwebError, ReviewConflictError, SegmentationError
-from medimg_kernel.report import read_sr
+from medimg_kernel.sr import read_sr
 from medimg_kernel.review.case import ReviewCase, dice_by_segment
 from medimg_kernel.review.draft import Draft, decode_draft, encode_draft
 from medimg_kernel.review.editing import Edit
 from medimg_kernel.review.worklist import WorklistModel
-from medimg_kernel.segmentation import AlgorithmIdentification, describe_seg, read_seg, write_seg
+from medimg_kernel.seg import AlgorithmIdentification, describe_seg, read_seg, write_seg
 from medimg_kernel.series import read_series
 
 from ..series_factory import small_ct_series

@@ -13,7 +13,7 @@ from pydicom.uid import generate_uid
 
 from medimg_kernel.anatomy import CATALOGUE, get_segment_type
 from medimg_kernel.errors import SegmentationError, UnknownSegmentTypeError
-from medimg_kernel.segmentation import (
+from medimg_kernel.seg import (
     AlgorithmIdentification,
     describe_seg,
     read_seg,

@@ -2,7 +2,7 @@
 
 Used by :func:`medimg_kernel.series.read_series` once the slices are checked and
 sorted. Uncompressed little-endian files are not decoded: their headers are parsed
-with the pixel data deferred (:func:`_raw_pixel_offset` finds where the pixel bytes
+with the pixel data deferred (:func:`raw_pixel_offset` finds where the pixel bytes
 start), then each file's pixel bytes are read straight into one preallocated array (a
 few threads overlap the reads) and the rescale is applied in place. Other transfer
 syntaxes (JPEG, JPEG-LS, JPEG 2000, RLE, big endian, deflate) are decoded by pydicom's
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from pydicom import dcmread
@@ -26,20 +26,36 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from .errors import PixelDataError, SeriesError
+from ..errors import PixelDataError, SeriesError
+from .instance import Instance
 
-if TYPE_CHECKING:
-    from .series import _Instance
+__all__ = ["PIXEL_DATA", "Rescale", "raw_pixel_offset", "rescale_of", "read_pixels"]
 
-_PIXEL_DATA = 0x7FE00010
+#: The (integer) Pixel Data tag.
+PIXEL_DATA = 0x7FE00010
 #: Transfer syntaxes whose pixel bytes are read as they are, without a decoder.
 _NATIVE_LE = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
 _IO_THREADS = 4
 
 
-def _raw_pixel_offset(ds: Dataset, attrs: dict[str, Any], path: Path, size: int) -> int | None:
-    """File offset of uncompressed little-endian pixel data, else ``None`` (decode instead)."""
-    elem = ds.get_item(_PIXEL_DATA, keep_deferred=True)
+def raw_pixel_offset(ds: Dataset, attrs: dict[str, Any], path: Path, size: int) -> int | None:
+    """File offset of uncompressed little-endian pixel data, else ``None`` (decode instead).
+
+    Parameters
+    ----------
+    ds
+        The file's header, parsed with the pixel data deferred.
+    attrs
+        The instance's attributes (:attr:`Instance.attrs`), for the SeriesInstanceUID.
+    path, size
+        The file and its size in bytes.
+
+    Raises
+    ------
+    PixelDataError
+        The pixel data element claims more bytes than the file has.
+    """
+    elem = ds.get_item(PIXEL_DATA, keep_deferred=True)
     if not isinstance(elem, RawDataElement) or elem.value_tell is None or elem.length == 0xFFFFFFFF:
         return None
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
@@ -52,21 +68,37 @@ def _raw_pixel_offset(ds: Dataset, attrs: dict[str, Any], path: Path, size: int)
 
 
 @dataclass(frozen=True)
-class _Rescale:
+class Rescale:
+    """RescaleSlope and RescaleIntercept of each slice, and whether the result can be ``int16``."""
+
     slopes: np.ndarray  # per slice, z order
     intercepts: np.ndarray
     int16_shift: int | None  # the common integral intercept when slope is 1 everywhere, else None
 
 
-def _rescale_of(ordered: Sequence[_Instance], uid: str) -> _Rescale:
+def rescale_of(ordered: Sequence[Instance], uid: str) -> Rescale:
+    """The rescale of each slice (slope 1, intercept 0 when absent).
+
+    Parameters
+    ----------
+    ordered
+        The instances in ``z`` order.
+    uid
+        The SeriesInstanceUID, for error messages.
+
+    Raises
+    ------
+    SeriesError
+        A slope or intercept is not a finite number, or a slope is 0.
+    """
     slopes = np.array([_number(i, "RescaleSlope", 1.0, uid) for i in ordered])
     intercepts = np.array([_number(i, "RescaleIntercept", 0.0, uid) for i in ordered])
     exact = bool(np.all(slopes == 1.0) and np.all(intercepts == intercepts[0]) and intercepts[0].is_integer()
                  and abs(intercepts[0]) < 2**31)
-    return _Rescale(slopes, intercepts, int(intercepts[0]) if exact else None)
+    return Rescale(slopes, intercepts, int(intercepts[0]) if exact else None)
 
 
-def _number(instance: _Instance, keyword: str, default: float, uid: str) -> float:
+def _number(instance: Instance, keyword: str, default: float, uid: str) -> float:
     text = instance.text(keyword)
     try:
         value = float(text) if text else default
@@ -77,8 +109,29 @@ def _number(instance: _Instance, keyword: str, default: float, uid: str) -> floa
     return value
 
 
-def _read_pixels(ordered: Sequence[_Instance], rescale: _Rescale, uid: str) -> np.ndarray:
-    """Rescaled values of every slice in one preallocated ``(z, y, x)`` array."""
+def read_pixels(ordered: Sequence[Instance], rescale: Rescale, uid: str) -> np.ndarray:
+    """Rescaled values of every slice in one preallocated ``(z, y, x)`` array.
+
+    Parameters
+    ----------
+    ordered
+        The checked instances in ``z`` order.
+    rescale
+        Their rescale (:func:`rescale_of`).
+    uid
+        The SeriesInstanceUID, for error messages.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``int16`` when every slice has slope 1 and the same integral intercept and the
+        values fit, else ``float32``.
+
+    Raises
+    ------
+    PixelDataError
+        Pixel data is truncated or cannot be decoded.
+    """
     first = ordered[0].attrs
     signed = first.get("PixelRepresentation", 0) == 1
     stored = np.dtype(f"<{'i' if signed else 'u'}{first['BitsAllocated'] // 8}")
@@ -123,14 +176,14 @@ def _drop_unused_bits(plane: np.ndarray, unused: int) -> None:
     plane >>= unused  # arithmetic shift for signed, logical for unsigned
 
 
-def _to_float(raw: np.ndarray, rescale: _Rescale) -> np.ndarray:
+def _to_float(raw: np.ndarray, rescale: Rescale) -> np.ndarray:
     out = raw.astype(np.float32)
     out *= rescale.slopes.astype(np.float32)[:, None, None]
     out += rescale.intercepts.astype(np.float32)[:, None, None]
     return out
 
 
-def _load_slice(instance: _Instance, out: np.ndarray, uid: str) -> None:
+def _load_slice(instance: Instance, out: np.ndarray, uid: str) -> None:
     """Stored values of one instance into ``out``: raw bytes when possible, else decoded."""
     if instance.pixel_offset is not None:
         assert instance.path is not None
@@ -150,7 +203,7 @@ def _load_slice(instance: _Instance, out: np.ndarray, uid: str) -> None:
     _decode_into(instance, out, uid)
 
 
-def _decode_into(instance: _Instance, out: np.ndarray, uid: str) -> None:
+def _decode_into(instance: Instance, out: np.ndarray, uid: str) -> None:
     """Decode one instance with pydicom's pixel data handlers."""
     try:
         ds = instance.dataset if instance.dataset is not None else dcmread(instance.path, force=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 
 @dataclass(frozen=True)

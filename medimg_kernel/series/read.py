@@ -5,12 +5,12 @@ a directory, a list of files or a list of :class:`pydicom.dataset.Dataset`, chec
 the instances form one regular stack of single-frame greyscale slices and returns the
 voxels in Hounsfield units (or the modality's rescaled units) with their LPS geometry.
 
-The steps live in their own modules: header collection and the checks of each
-instance are here; sorting along the slice normal, spacing, tolerances and the direction
-matrix are in :mod:`medimg_kernel.geometry` (its docstring states the geometry rules and
-the tolerance constants, re-exported here); reading and rescaling the pixel data (the
-fast ``readinto`` path for uncompressed files, decoding otherwise) is in
-:mod:`medimg_kernel.pixels`.
+Header collection, the checks of each instance and of the whole stack are here; the
+per-instance record is :class:`~medimg_kernel.series.instance.Instance`; sorting along the
+slice normal, spacing, tolerances and the direction matrix are in
+:mod:`medimg_kernel.series.geometry` (its docstring states the geometry rules and the
+tolerance constants); reading and rescaling the pixel data (the fast ``readinto`` path for
+uncompressed files, decoding otherwise) is in :mod:`medimg_kernel.series.pixels`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import os
 import warnings
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
-from .dicomweb import DICOMwebProtocol
-from .errors import (
+from ..dicomweb import DICOMwebProtocol
+from ..errors import (
     ConfigurationError,
     DicomFileError,
     MixedSeriesError,
@@ -42,57 +41,21 @@ from .errors import (
     SeriesError,
     UnsupportedImageError,
 )
-from .geometry import (  # the tolerance constants are re-exported: part of this module's API
-    GAP_FACTOR,
-    INPLANE_RTOL,
-    ORIENTATION_ATOL,
-    POSITION_ATOL_MM,
-    SPACING_RTOL,
-    _stack_geometry,
-    _StackGeometry,
-)
-from .pixels import _PIXEL_DATA, _raw_pixel_offset, _read_pixels, _rescale_of
-from .volume import Volume
+from ..volume import Volume
+from .geometry import StackGeometry, stack_geometry
+from .instance import TEXT_TAGS, US_TAGS, Instance
+from .pixels import PIXEL_DATA, raw_pixel_offset, read_pixels, rescale_of
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["read_series", "ORIENTATION_ATOL", "POSITION_ATOL_MM", "SPACING_RTOL", "INPLANE_RTOL", "GAP_FACTOR"]
+__all__ = ["read_series"]
 
 #: Pixel data tags (float, double, integer) removed from the headers kept in ``Volume.sources``.
-_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, _PIXEL_DATA})
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, PIXEL_DATA})
 #: Elements longer than this (bytes) are not loaded while parsing headers.
 _DEFER_BYTES = 4096
 #: Segmentation and label-map segmentation storage: pixel data, but not images.
 _NOT_IMAGES = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"})
-#: Attributes read once per instance: string-valued (list of strings) and US (int).
-_TEXT_TAGS = {
-    "SOPClassUID": 0x00080016, "Modality": 0x00080060, "StudyInstanceUID": 0x0020000D,
-    "SeriesInstanceUID": 0x0020000E, "FrameOfReferenceUID": 0x00200052,
-    "ImagePositionPatient": 0x00200032, "ImageOrientationPatient": 0x00200037, "PixelSpacing": 0x00280030,
-    "SliceThickness": 0x00180050, "SpacingBetweenSlices": 0x00180088, "NumberOfFrames": 0x00280008,
-    "PhotometricInterpretation": 0x00280004, "RescaleSlope": 0x00281053, "RescaleIntercept": 0x00281052,
-}
-_US_TAGS = {
-    "SamplesPerPixel": 0x00280002, "Rows": 0x00280010, "Columns": 0x00280011,
-    "BitsAllocated": 0x00280100, "BitsStored": 0x00280101, "PixelRepresentation": 0x00280103,
-}
-
-
-@dataclass
-class _Instance:
-    """One source instance: where it came from, its header and attributes, where its pixels are."""
-
-    label: str  # the file path, or "instance <SOPInstanceUID>" for datasets
-    header: Dataset  # without pixel data
-    attrs: dict[str, Any]  # _TEXT_TAGS as lists of str, _US_TAGS as int
-    has_pixels: bool
-    path: Path | None = None
-    dataset: Dataset | None = None  # the caller's dataset, pixels included
-    pixel_offset: int | None = None  # file offset of raw little-endian pixels (fast path)
-
-    def text(self, keyword: str) -> str:
-        values = self.attrs.get(keyword)
-        return values[0] if values else ""
 
 
 def read_series(
@@ -151,13 +114,13 @@ def read_series(
     for instance in instances:
         _check_image(instance, uid)
     _check_consistent(instances, uid)
-    geometry = _stack_geometry(instances, uid)
+    geometry = stack_geometry(instances, uid)
     ordered = [instances[k] for k in geometry.order]
-    array = _read_pixels(ordered, _rescale_of(ordered, uid), uid)
+    array = read_pixels(ordered, rescale_of(ordered, uid), uid)
     return _volume(array, geometry, ordered)
 
 
-def _volume(array: np.ndarray, geometry: _StackGeometry, ordered: list[_Instance]) -> Volume:
+def _volume(array: np.ndarray, geometry: StackGeometry, ordered: list[Instance]) -> Volume:
     first = ordered[0]
     volume = Volume(
         array=array, spacing=geometry.spacing, origin=geometry.origin, direction=geometry.direction,
@@ -173,7 +136,7 @@ def _volume(array: np.ndarray, geometry: _StackGeometry, ordered: list[_Instance
 # -- step 1: collect headers -----------------------------------------------------------------
 
 
-def _collect(source: Any, study_uid: str | None, series_uid: str | None) -> list[_Instance]:
+def _collect(source: Any, study_uid: str | None, series_uid: str | None) -> list[Instance]:
     """Headers of every instance in ``source``."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -199,7 +162,7 @@ def _collect(source: Any, study_uid: str | None, series_uid: str | None) -> list
                              f"sequence of file paths or of pydicom Datasets; got {type(source).__name__}")
 
 
-def _from_file(path: Path) -> _Instance:
+def _from_file(path: Path) -> Instance:
     """Parse one file's header; locate its pixel bytes when they can be read raw."""
     try:
         with open(path, "rb") as fp:
@@ -210,11 +173,11 @@ def _from_file(path: Path) -> _Instance:
     except OSError as exc:
         raise DicomFileError(path, f"cannot be opened ({exc.strerror or exc})") from exc
     attrs = _attributes(ds, str(path))
-    offset = _raw_pixel_offset(ds, attrs, path, size)
-    has_pixels = _PIXEL_DATA in ds
+    offset = raw_pixel_offset(ds, attrs, path, size)
+    has_pixels = PIXEL_DATA in ds
     for tag in _PIXEL_TAGS.intersection(ds.keys()):
         del ds[tag]
-    return _Instance(str(path), ds, attrs, has_pixels, path=path, pixel_offset=offset)
+    return Instance(str(path), ds, attrs, has_pixels, path=path, pixel_offset=offset)
 
 
 def _dcmread(fp: Any, path: Path) -> Dataset:
@@ -241,7 +204,7 @@ def _attributes(ds: Dataset, label: str) -> dict[str, Any]:
     """The attributes read_series uses, parsed once (raw bytes decoded directly when possible)."""
     attrs: dict[str, Any] = {}
     try:
-        for keyword, tag in _TEXT_TAGS.items():
+        for keyword, tag in TEXT_TAGS.items():
             elem = ds.get_item(tag, keep_deferred=True)
             if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes):
                 attrs[keyword] = [v.strip(" \x00") for v in elem.value.decode("latin-1").split("\\")]
@@ -249,7 +212,7 @@ def _attributes(ds: Dataset, label: str) -> dict[str, Any]:
                 value = ds[tag].value
                 values = value if isinstance(value, (list, tuple, MultiValue)) else [value]
                 attrs[keyword] = [str(v) for v in values if v is not None and v != ""]
-        for keyword, tag in _US_TAGS.items():
+        for keyword, tag in US_TAGS.items():
             elem = ds.get_item(tag, keep_deferred=True)
             if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes) and len(elem.value) == 2:
                 attrs[keyword] = int.from_bytes(elem.value, "little" if elem.is_little_endian else "big")
@@ -264,7 +227,7 @@ def _attributes(ds: Dataset, label: str) -> dict[str, Any]:
     return attrs
 
 
-def _from_dataset(ds: Dataset, n: int) -> _Instance:
+def _from_dataset(ds: Dataset, n: int) -> Instance:
     """Header copy of a caller's dataset (which is left untouched)."""
     if not isinstance(ds, Dataset):
         raise ConfigurationError(f"the DICOMweb source yielded a {type(ds).__name__}, not a Dataset")
@@ -275,13 +238,13 @@ def _from_dataset(ds: Dataset, n: int) -> _Instance:
     implicit, little = ds.original_encoding
     if implicit is not None and little is not None:
         header.set_original_encoding(implicit, little, ds.original_character_set)
-    return _Instance(label, header, _attributes(ds, label), _PIXEL_DATA in ds, dataset=ds)
+    return Instance(label, header, _attributes(ds, label), PIXEL_DATA in ds, dataset=ds)
 
 
 # -- step 2: select and check ------------------------------------------------------------------
 
 
-def _select(instances: list[_Instance], study_uid: str | None, series_uid: str | None) -> list[_Instance]:
+def _select(instances: list[Instance], study_uid: str | None, series_uid: str | None) -> list[Instance]:
     """Keep the requested study/series; refuse a mixture when none was requested."""
     if not instances:
         raise SeriesError(series_uid, "no instances were given or returned by the source")
@@ -306,7 +269,7 @@ def _listing(counter: Counter[Any]) -> str:
     return ", ".join(f"{key} ({count} instances)" for key, count in counter.most_common(8))
 
 
-def _check_image(instance: _Instance, uid: str) -> None:
+def _check_image(instance: Instance, uid: str) -> None:
     """Refuse non-images and images this reader cannot stack."""
     sop = UID(instance.text("SOPClassUID"))
     what = f"{instance.label} (SOP class {sop.name})"
@@ -340,7 +303,7 @@ def _check_image(instance: _Instance, uid: str) -> None:
 _SAME = ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation", "FrameOfReferenceUID", "Modality")
 
 
-def _check_consistent(instances: list[_Instance], uid: str) -> None:
+def _check_consistent(instances: list[Instance], uid: str) -> None:
     """All instances share size, pixel format, frame of reference and modality."""
     for keyword in _SAME:
         values = Counter(str(i.attrs.get(keyword, "")) for i in instances)

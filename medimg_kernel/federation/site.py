@@ -7,9 +7,7 @@ the newest *finalised* SEG, never a ``model_`` SEG), the same epoch loop
 (:func:`~medimg_kernel.training.train_epochs`) and the same Dice
 (:func:`~medimg_kernel.training.validate`).
 
-Weights travel as ``{name: numpy array}`` in the network's ``state_dict`` order; arrays that
-do not match the site's network (other names or shapes: another architecture) are refused
-with :class:`ArchitectureMismatchError` before anything is loaded.
+How weights travel between the server and the sites is in :mod:`medimg_kernel.federation.weights`.
 """
 
 from __future__ import annotations
@@ -28,18 +26,15 @@ import numpy as np
 import requests
 import torch
 
-from .client import connect
-from .datasets import TrainingPair, load_training_pairs, split_holdout
-from .dicomweb import DICOMwebProtocol
-from .errors import ConfigurationError, MedImgError
-from .model import SegmentationModelConfig, build_network
-from .training import model_grid_items, train_epochs, validate
+from .. import dicom_json
+from ..client import connect
+from ..datasets import TrainingPair, load_training_pairs, split_holdout
+from ..dicomweb import DICOMwebProtocol
+from ..errors import ConfigurationError, MedImgError
+from ..model import SegmentationModelConfig
+from ..training import model_grid_items, train_epochs, validate
 
 logger = logging.getLogger(__name__)
-
-
-class ArchitectureMismatchError(MedImgError, ValueError):
-    """Received weights do not fit the site's network (different names or shapes)."""
 
 
 class NoTrainingDataError(MedImgError, LookupError):
@@ -122,8 +117,7 @@ def _tag(keyword: str) -> str:
 def _matches(series: Mapping[str, Any], filters: Mapping[str, str]) -> bool:
     """Whether a QIDO series answer has every filtered attribute, as value or ``*``/``?`` pattern."""
     for keyword, pattern in filters.items():
-        values = series.get(_tag(keyword), {}).get("Value", [])
-        if not any(fnmatch.fnmatchcase(str(v), pattern) for v in values):
+        if not any(fnmatch.fnmatchcase(str(v), pattern) for v in dicom_json.values(series, _tag(keyword))):
             return False
     return True
 
@@ -174,41 +168,6 @@ def clear_site_cache() -> None:
     """Forget every site's cached pairs and resampled items (a long-lived worker, at a new run)."""
     _CACHE.clear()
     _ITEMS.clear()
-
-
-# --- weights --------------------------------------------------------------------------------------
-
-
-def state_arrays(network: torch.nn.Module) -> dict[str, np.ndarray]:
-    """The network's ``state_dict`` as numpy arrays (CPU copies), in order."""
-    return {name: tensor.detach().cpu().numpy().copy() for name, tensor in network.state_dict().items()}
-
-
-def load_state_arrays(network: torch.nn.Module, arrays: Mapping[str, np.ndarray], *, site: str = "") -> None:
-    """Load ``arrays`` into ``network``; :class:`ArchitectureMismatchError` if they don't fit.
-
-    Every name and shape is checked first, so a mismatch leaves ``network`` untouched.
-    """
-    expected = {name: tuple(t.shape) for name, t in network.state_dict().items()}
-    received = {name: tuple(np.shape(a)) for name, a in arrays.items()}
-    if expected != received:
-        missing = sorted(set(expected) - set(received))[:3]
-        extra = sorted(set(received) - set(expected))[:3]
-        shapes = [f"{n}: received {received[n]}, local {expected[n]}" for n in expected
-                  if n in received and received[n] != expected[n]][:3]
-        raise ArchitectureMismatchError(
-            f"site {site or '?'}: received weights do not match the local network "
-            f"({len(received)} arrays received, {len(expected)} expected; missing {missing}, unexpected {extra}, "
-            f"shape differences {shapes}); the server and this site must use the same model-config")
-    network.load_state_dict({n: torch.from_numpy(np.asarray(a)) for n, a in arrays.items()}, strict=True)
-
-
-def network_from_arrays(config: SegmentationModelConfig, arrays: Mapping[str, np.ndarray], *,
-                        site: str = "") -> torch.nn.Module:
-    """A network for ``config`` holding ``arrays`` (checked by :func:`load_state_arrays`)."""
-    network = build_network(config)
-    load_state_arrays(network, arrays, site=site)
-    return network
 
 
 # --- local work -----------------------------------------------------------------------------------
@@ -272,7 +231,5 @@ def local_evaluate(network: torch.nn.Module, data: SiteData, config: Segmentatio
             "holdout-is-train": float(not data.holdout), "time-s": time.perf_counter() - start}
 
 
-__all__ = ["ArchitectureMismatchError", "NoTrainingDataError", "SiteConfig", "SiteData", "load_site_data",
-           "clear_site_cache",
-           "state_arrays", "load_state_arrays", "network_from_arrays", "round_learning_rate", "local_train",
-           "local_evaluate"]
+__all__ = ["NoTrainingDataError", "SiteConfig", "SiteData", "load_site_data", "clear_site_cache",
+           "round_learning_rate", "local_train", "local_evaluate"]

@@ -1,4 +1,4 @@
-"""A speed-up of highdicom that changes no output, installed by :mod:`medimg_kernel.segmentation`.
+"""A speed-up of highdicom that changes no output, installed by :mod:`medimg_kernel.seg.sop`.
 
 Why: highdicom 0.28's ``Segmentation`` constructor calls ``is_multiframe_image`` once
 per source image. That function decides "multi-frame" from the IOD alone (its

@@ -23,10 +23,11 @@ Conventions (DESIGN.md §4):
   (highdicom pairs frame ``i`` with ``source_images[i]`` without checking).
   Empty frames are omitted (highdicom's default).
 
-The public functions are here; :mod:`medimg_kernel.seg_encoding` checks and converts
-``write_seg``'s arguments for highdicom, :mod:`medimg_kernel.seg_frames` pairs frames
-with slices and decodes them, and :mod:`medimg_kernel._highdicom_speedups` holds a
-speed-up of highdicom installed when this module is imported.
+The public functions are here; :mod:`medimg_kernel.seg.content` checks and converts
+``write_seg``'s arguments for highdicom (and defines :class:`AlgorithmIdentification`),
+:mod:`medimg_kernel.seg.frames` pairs frames with slices and decodes them, and
+:mod:`medimg_kernel.seg.highdicom_speedups` holds a speed-up of highdicom installed when
+this module is imported.
 """
 
 from __future__ import annotations
@@ -39,70 +40,21 @@ from datetime import datetime
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from . import __version__, _highdicom_speedups
-from .anatomy import find_segment_type
-from .errors import SegmentationError
-from .seg_encoding import MODEL_PREFIX as MODEL_PREFIX  # re-exported: public here
-from .seg_encoding import SEG_SOP_CLASS_UIDS as SEG_SOP_CLASS_UIDS  # re-exported: public here
-from .seg_encoding import (
-    _check_referenced_seg,
-    _descriptions,
-    _drop_image_level_source_references,
-    _names_from_type_id,
-    _person_name,
-    _pixel_array,
-    _segment_types,
-)
-from .seg_frames import POSITION_TOLERANCE_MM as POSITION_TOLERANCE_MM  # re-exported: public here
-from .seg_frames import _SEGMENTATION_TYPES, _decode_segments, _sorted_sources
-from .volume import Volume
+from .. import __version__
+from ..anatomy import find_segment_type
+from ..errors import SegmentationError
+from ..volume import Volume
+from . import content, frames, highdicom_speedups
+from .content import MODEL_PREFIX, SEG_SOP_CLASS_UIDS, AlgorithmIdentification
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["SegInfo", "write_seg", "read_seg", "read_seg_masks", "describe_seg"]
 
-_highdicom_speedups.install()
-
-
-@dataclass(frozen=True)
-class AlgorithmIdentification:
-    """The algorithm that produced a segmentation (SegmentationAlgorithmIdentificationSequence).
-
-    Parameters
-    ----------
-    name
-        AlgorithmName, e.g. the registered model name (``"liver-unet"``).
-    version
-        AlgorithmVersion, e.g. the model registry version (``"3"``).
-    family
-        AlgorithmFamilyCodeSequence item (CID 7162); default DCM 123110
-        "Artificial Intelligence".
-    source
-        AlgorithmSource (who made it), optional.
-    """
-
-    name: str
-    version: str
-    family: Code = codes.DCM.ArtificialIntelligence
-    source: str | None = None
-
-    def __post_init__(self) -> None:
-        for field_name in ("name", "version"):
-            value = getattr(self, field_name)
-            if not isinstance(value, str) or not value.strip() or len(value) > 64 or "\\" in value:
-                raise SegmentationError(
-                    f"AlgorithmIdentification.{field_name} must be a non-empty LO value "
-                    f"(at most 64 characters, no backslash); got {value!r}"
-                )
-
-    def to_sequence(self) -> hd.AlgorithmIdentificationSequence:
-        """As highdicom's AlgorithmIdentificationSequence."""
-        return hd.AlgorithmIdentificationSequence(
-            name=self.name, family=self.family, version=self.version, source=self.source
-        )
+highdicom_speedups.install()
 
 
 @dataclass(frozen=True)
@@ -200,19 +152,19 @@ def write_seg(
         not fit, a volume without sources or whose sources do not match its
         grid, an invalid ``type_id``, or an unusable ``referenced_seg``.
     """
-    series_description, content_label = _names_from_type_id(type_id, algorithm is not None)
-    entries = _segment_types(segments)
-    if segmentation_type not in _SEGMENTATION_TYPES:
-        raise SegmentationError(f"segmentation_type must be one of {_SEGMENTATION_TYPES}; got {segmentation_type!r}")
-    sources = _sorted_sources(volume)
-    pixel_array = _pixel_array(labels, volume.shape, len(entries), segmentation_type)
-    further = [_check_referenced_seg(referenced_seg, sources[0])] if referenced_seg is not None else None
+    series_description, content_label = content.names_from_type_id(type_id, algorithm is not None)
+    entries = content.segment_types(segments)
+    if segmentation_type not in frames.SEGMENTATION_TYPES:
+        raise SegmentationError(f"segmentation_type must be one of {frames.SEGMENTATION_TYPES}; got {segmentation_type!r}")
+    sources = frames.sorted_sources(volume)
+    pixel_array = content.pixel_array(labels, volume.shape, len(entries), segmentation_type)
+    further = [content.check_referenced_seg(referenced_seg, sources[0])] if referenced_seg is not None else None
     when = content_datetime or datetime.now()
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=pixel_array,
         segmentation_type=segmentation_type,
-        segment_descriptions=_descriptions(entries, algorithm),
+        segment_descriptions=content.descriptions(entries, algorithm),
         series_instance_uid=generate_uid(),
         series_number=series_number,
         sop_instance_uid=generate_uid(),
@@ -223,7 +175,7 @@ def write_seg(
         device_serial_number="0",
         content_label=content_label,
         content_description=f"{series_description} segmentation ({', '.join(e.name for e in entries)})"[:64],
-        content_creator_name=_person_name(content_creator),
+        content_creator_name=content.person_name(content_creator),
         further_source_images=further,
         series_description=series_description,
         content_date=when.date(),
@@ -231,7 +183,7 @@ def write_seg(
         series_date=when.date(),
         series_time=when.time(),
     )
-    _drop_image_level_source_references(seg)
+    content.drop_image_level_source_references(seg)
     logger.debug("SEG %s: %d frames, %d segments", seg.SOPInstanceUID, seg.NumberOfFrames, len(entries))
     return seg
 
@@ -290,7 +242,7 @@ def read_seg_masks(seg: Dataset, volume: Volume) -> tuple[np.ndarray, tuple[str,
         As :func:`read_seg`, apart from overlap.
     """
     names = _segment_names(seg)
-    masks = _decode_segments(seg, volume, len(names))
+    masks = frames.decode_segments(seg, volume, len(names))
     return masks, names
 
 

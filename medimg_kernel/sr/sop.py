@@ -1,6 +1,6 @@
 """TID 1500 Measurement Reports of segment volumes, written and read with highdicom.
 
-Each SEG written by :func:`medimg_kernel.segmentation.write_seg` comes with one
+Each SEG written by :func:`medimg_kernel.seg.write_seg` comes with one
 Comprehensive 3D SR (DESIGN.md §4) holding a TID 1500 "Imaging Measurement
 Report": one TID 1411 volumetric ROI measurement group per segment, with
 
@@ -15,6 +15,9 @@ The observation context names the reviewer (person observer) when there is
 one and the algorithm (device observer) for model SEGs. The SR is in the
 SEG's study, its SeriesDescription is the SEG's, and its evidence lists the SEG
 and the source CT instances (CurrentRequestedProcedureEvidenceSequence).
+
+The document is written and read here; its content items are built and read in
+:mod:`medimg_kernel.sr.content`.
 """
 
 from __future__ import annotations
@@ -28,13 +31,14 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from . import __version__
-from .anatomy import find_segment_type, get_segment_type
-from .errors import MedImgError, ReportError
-from .segmentation import SEG_SOP_CLASS_UIDS, SegInfo, describe_seg, read_seg_masks
-from .volume import Volume
+from ..errors import MedImgError, ReportError
+from ..seg import SEG_SOP_CLASS_UIDS, describe_seg, read_seg_masks
+from ..volume import Volume
+from .content import group_name, measurement_group, observation_context, observers, segment_volumes_mm3
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["VolumeReport", "write_sr", "read_sr", "read_sr_report"]
 
 _MM3_PER_UNIT = {"mm3": 1.0, "cm3": 1000.0, "ml": 1000.0, "mL": 1000.0}
 
@@ -62,21 +66,6 @@ class VolumeReport:
     observer_device: str | None
 
 
-def segment_volumes_mm3(labels: np.ndarray, spacing: tuple[float, float, float], n_segments: int) -> list[float]:
-    """Volume (mm³) of each segment: voxel count × dz·dy·dx.
-
-    ``labels`` is an integer label map (value ``i + 1`` = segment ``i``) or a
-    boolean stack ``(n_segments, z, y, x)``.
-    """
-    voxel_mm3 = float(np.prod(spacing))
-    labels = np.asarray(labels)
-    if labels.ndim == 4:
-        counts = labels.reshape(labels.shape[0], -1).sum(axis=1)
-    else:
-        counts = np.bincount(labels.ravel().astype(np.int64), minlength=n_segments + 1)[1:]
-    return [int(c) * voxel_mm3 for c in counts]
-
-
 def write_sr(
     seg: Dataset,
     volume: Volume,
@@ -96,7 +85,7 @@ def write_sr(
         ``sources`` the evidence and the source series).
     labels
         The label map or boolean mask stack the SEG was written from; decoded
-        from ``seg`` with :func:`~medimg_kernel.segmentation.read_seg_masks`
+        from ``seg`` with :func:`~medimg_kernel.seg.read_seg_masks`
         when ``None``.
     series_number
         SeriesNumber of the SR series.
@@ -131,11 +120,11 @@ def write_sr(
         )
     volumes = segment_volumes_mm3(labels, volume.spacing, n)
     groups = [
-        _measurement_group(seg, volume, info, number, name, value)
+        measurement_group(seg, volume, info, number, name, value)
         for number, (name, value) in enumerate(zip(info.segment_names, volumes), start=1)
     ]
     report = hd.sr.MeasurementReport(
-        observation_context=_observation_context(info, content_creator or info.content_creator),
+        observation_context=observation_context(info, content_creator or info.content_creator),
         procedure_reported=codes.LN.CTUnspecifiedBodyRegion if volume.modality in ("CT", "") else codes.SCT.ImagingProcedure,
         imaging_measurements=groups,
     )
@@ -182,92 +171,10 @@ def read_sr_report(sr: Dataset) -> VolumeReport:
         seg_uid = segment.referenced_sop_instance_uid
         source_series = segment.source_series_for_segmentation
         series_uid = source_series.value if source_series is not None else series_uid
-        name = _group_name(group)
+        name = group_name(group)
         measured = group.get_measurements(name=codes.SCT.Volume)
         if not measured or measured[0].unit.value not in _MM3_PER_UNIT:
             raise ReportError(f"SR {sr.SOPInstanceUID}: segment {name!r} has no Volume measurement in mm3, cm3 or ml")
         volumes[name] = float(measured[0].value) * _MM3_PER_UNIT[measured[0].unit.value]
-    person, device = _observers(content)
+    person, device = observers(content)
     return VolumeReport(volumes, seg_uid, series_uid, person, device)
-
-
-# --- helpers ---------------------------------------------------------------------------------
-
-
-def _measurement_group(
-    seg: Dataset, volume: Volume, info: SegInfo, number: int, name: str, value_mm3: float
-) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
-    """TID 1411 group: the segment, its finding codes, its volume."""
-    try:
-        entry = get_segment_type(name)
-        category, finding = entry.property_category, entry.property_type
-    except MedImgError:  # a segment written by another tool: use its own codes
-        item = next(s for s in seg.SegmentSequence if int(s.SegmentNumber) == number)
-        category = hd.sr.CodedConcept.from_dataset(item.SegmentedPropertyCategoryCodeSequence[0])
-        finding = hd.sr.CodedConcept.from_dataset(item.SegmentedPropertyTypeCodeSequence[0])
-    algorithm = (
-        hd.sr.AlgorithmIdentification(name=info.algorithm.name, version=info.algorithm.version)
-        if info.algorithm is not None else None
-    )
-    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"{name} (segment {number})"),
-        referenced_segment=hd.sr.ReferencedSegment(
-            sop_class_uid=seg.SOPClassUID,
-            sop_instance_uid=seg.SOPInstanceUID,
-            segment_number=number,
-            source_series=hd.sr.SourceSeriesForSegmentation(volume.series_instance_uid),
-        ),
-        finding_category=category,
-        finding_type=finding,
-        algorithm_id=algorithm,
-        measurements=[
-            hd.sr.Measurement(name=codes.SCT.Volume, value=value_mm3, unit=codes.UCUM.CubicMillimeter,
-                              algorithm_id=algorithm)
-        ],
-    )
-
-
-def _observation_context(info: SegInfo, person: str | None) -> hd.sr.ObservationContext:
-    """Person observer (the reviewer) and device observer (the algorithm, or this library)."""
-    if info.algorithm is not None:
-        device = hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=generate_uid(entropy_srcs=["algorithm", info.algorithm.name, info.algorithm.version]),
-            name=info.algorithm.name,
-            model_name=f"{info.algorithm.name} {info.algorithm.version}"[:64],
-        )
-    else:
-        device = hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=generate_uid(entropy_srcs=["medimg_kernel", __version__]),
-            name="medimg_kernel",
-            model_name=f"medimg_kernel {__version__}",
-        )
-    person_context = None
-    if person:
-        person_context = hd.sr.ObserverContext(
-            observer_type=codes.DCM.Person,
-            observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name=person),
-        )
-    device_context = hd.sr.ObserverContext(observer_type=codes.DCM.Device, observer_identifying_attributes=device)
-    return hd.sr.ObservationContext(observer_person_context=person_context, observer_device_context=device_context)
-
-
-def _group_name(group: hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations) -> str:
-    """Catalogue name from the group's Finding codes, else its tracking identifier."""
-    category, finding = group.finding_category, group.finding_type
-    if category is not None and finding is not None:
-        entry = find_segment_type(category, finding)
-        if entry is not None:
-            return entry.name
-    return str(group.tracking_identifier or group.tracking_uid)
-
-
-def _observers(content: hd.sr.MeasurementReport) -> tuple[str | None, str | None]:
-    """Names of the person and device observers in the report's observation context."""
-    person = device = None
-    for item in content[0].ContentSequence:
-        concept = item.ConceptNameCodeSequence[0]
-        if concept.CodeValue == "121008" and concept.CodingSchemeDesignator == "DCM":  # Person Observer Name
-            person = str(item.PersonName)
-        elif concept.CodeValue == "121013" and concept.CodingSchemeDesignator == "DCM":  # Device Observer Name
-            device = str(item.TextValue)
-    return person, device

@@ -1,7 +1,7 @@
 """Pairing SEG frames with the slices of a volume, and decoding them into masks.
 
-Used by :mod:`medimg_kernel.segmentation`. When writing, the volume's source CT
-headers are sorted along the slice normal (:func:`medimg_kernel.geometry.slice_order`)
+Used by :mod:`medimg_kernel.seg.sop`. When writing, the volume's source CT
+headers are sorted along the slice normal (:func:`medimg_kernel.series.geometry.slice_order`)
 and checked against the volume's grid before highdicom sees them, since highdicom
 pairs frame ``i`` with ``source_images[i]`` without checking. When reading, each frame
 is matched to a slice by the SOP Instance UID it references (when ``volume.sources``
@@ -16,11 +16,14 @@ from collections.abc import Sequence
 import numpy as np
 from pydicom.dataset import Dataset
 
-from .errors import SegmentationError
-from .geometry import slice_order
-from .volume import Volume
+from ..errors import SegmentationError
+from ..series.geometry import slice_order
+from ..volume import Volume
 
-_SEGMENTATION_TYPES = ("BINARY", "LABELMAP")
+__all__ = ["SEGMENTATION_TYPES", "POSITION_TOLERANCE_MM", "sorted_sources", "decode_segments"]
+
+#: The SegmentationType values written and read.
+SEGMENTATION_TYPES = ("BINARY", "LABELMAP")
 #: Largest distance (mm) between a frame's or slice's position and the volume's grid.
 POSITION_TOLERANCE_MM = 0.05
 
@@ -30,8 +33,15 @@ def _source_positions(volume: Volume) -> np.ndarray:
     return np.array([[float(v) for v in ds.ImagePositionPatient] for ds in volume.sources])
 
 
-def _sorted_sources(volume: Volume) -> list[Dataset]:
-    """``volume.sources`` sorted along the slice normal, checked against ``volume``'s grid."""
+def sorted_sources(volume: Volume) -> list[Dataset]:
+    """``volume.sources`` sorted along the slice normal, checked against ``volume``'s grid.
+
+    Raises
+    ------
+    SegmentationError
+        No sources, sources of several series or without position, duplicate instances, or
+        sources whose plane or positions do not match the grid.
+    """
     if not volume.sources:
         raise SegmentationError(
             "volume has no source instances (Volume.sources is empty): a SEG must reference its CT series; "
@@ -127,10 +137,26 @@ def _check_seg_grid(seg: Dataset, volume: Volume) -> None:
     _check_plane(seg, volume, f"SEG {seg.SOPInstanceUID}", orientation=orientation, spacing=spacing)
 
 
-def _decode_segments(seg: Dataset, volume: Volume, n_segments: int) -> np.ndarray:
-    """Boolean masks ``(n_segments, z, y, x)`` from the frames of ``seg``."""
+def decode_segments(seg: Dataset, volume: Volume, n_segments: int) -> np.ndarray:
+    """Boolean masks ``(n_segments, z, y, x)`` from the frames of ``seg``.
+
+    Parameters
+    ----------
+    seg
+        A BINARY or LABELMAP SEG of ``volume``'s series.
+    volume
+        The segmented series; frames are matched to its slices and checked against its grid.
+    n_segments
+        The number of segments described by ``seg``.
+
+    Raises
+    ------
+    SegmentationError
+        An unsupported SegmentationType, or frames that do not lie on the grid or
+        reference another series.
+    """
     seg_type = str(seg.get("SegmentationType", ""))
-    if seg_type not in _SEGMENTATION_TYPES:
+    if seg_type not in SEGMENTATION_TYPES:
         raise SegmentationError(f"SEG {seg.SOPInstanceUID}: SegmentationType {seg_type!r} is not supported (BINARY, LABELMAP)")
     _check_seg_grid(seg, volume)
     slices, positions = _frame_slices(seg, volume)

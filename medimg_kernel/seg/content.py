@@ -1,6 +1,7 @@
-"""What :func:`medimg_kernel.segmentation.write_seg` hands to highdicom's ``Segmentation``.
+"""What :func:`medimg_kernel.seg.sop.write_seg` hands to highdicom's ``Segmentation``.
 
-Each helper checks one of the caller's arguments and turns it into the form highdicom
+:class:`AlgorithmIdentification` (the algorithm of a model output) is defined here, where
+both the segment descriptions and :mod:`.sop` (which reads it back) import it. Each helper checks one of the caller's arguments and turns it into the form highdicom
 takes: the SeriesDescription and ContentLabel from the type id (``MODEL_PREFIX`` for
 model outputs), segment descriptions from the anatomy catalogue, the pixel array, the
 content creator's person name and the referenced SEG; one trims the finished SEG's
@@ -12,17 +13,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 
-from .anatomy import SegmentType, get_segment_type
-from .errors import SegmentationError
+from ..anatomy import SegmentType, get_segment_type
+from ..errors import SegmentationError
 
-if TYPE_CHECKING:
-    from .segmentation import AlgorithmIdentification
+__all__ = [
+    "AlgorithmIdentification", "MODEL_PREFIX", "SEG_SOP_CLASS_UIDS", "names_from_type_id", "segment_types",
+    "pixel_array", "descriptions", "drop_image_level_source_references", "person_name", "check_referenced_seg",
+]
 
 #: Prefix of the SeriesDescription of model outputs (DESIGN.md §4).
 MODEL_PREFIX = "model_"
@@ -31,8 +36,59 @@ _TYPE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,57}")
 SEG_SOP_CLASS_UIDS = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"})
 
 
-def _names_from_type_id(type_id: str, is_model: bool) -> tuple[str, str]:
-    """(SeriesDescription, ContentLabel) for ``type_id``."""
+@dataclass(frozen=True)
+class AlgorithmIdentification:
+    """The algorithm that produced a segmentation (SegmentationAlgorithmIdentificationSequence).
+
+    Parameters
+    ----------
+    name
+        AlgorithmName, e.g. the registered model name (``"liver-unet"``).
+    version
+        AlgorithmVersion, e.g. the model registry version (``"3"``).
+    family
+        AlgorithmFamilyCodeSequence item (CID 7162); default DCM 123110
+        "Artificial Intelligence".
+    source
+        AlgorithmSource (who made it), optional.
+    """
+
+    name: str
+    version: str
+    family: Code = codes.DCM.ArtificialIntelligence
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        for field_name in ("name", "version"):
+            value = getattr(self, field_name)
+            if not isinstance(value, str) or not value.strip() or len(value) > 64 or "\\" in value:
+                raise SegmentationError(
+                    f"AlgorithmIdentification.{field_name} must be a non-empty LO value "
+                    f"(at most 64 characters, no backslash); got {value!r}"
+                )
+
+    def to_sequence(self) -> hd.AlgorithmIdentificationSequence:
+        """As highdicom's AlgorithmIdentificationSequence."""
+        return hd.AlgorithmIdentificationSequence(
+            name=self.name, family=self.family, version=self.version, source=self.source
+        )
+
+
+def names_from_type_id(type_id: str, is_model: bool) -> tuple[str, str]:
+    """(SeriesDescription, ContentLabel) for ``type_id``.
+
+    Parameters
+    ----------
+    type_id
+        The segmentation type id, without ``MODEL_PREFIX``.
+    is_model
+        Whether the SEG is a model output (SeriesDescription gets ``MODEL_PREFIX``).
+
+    Raises
+    ------
+    SegmentationError
+        ``type_id`` is not 1-58 letters, digits, ``_``, ``.`` or ``-``, or starts with ``MODEL_PREFIX``.
+    """
     if not isinstance(type_id, str) or not _TYPE_ID.fullmatch(type_id):
         raise SegmentationError(
             f"type_id must be 1-58 letters, digits, '_', '.' or '-' starting with a letter or digit; got {type_id!r}"
@@ -47,7 +103,16 @@ def _names_from_type_id(type_id: str, is_model: bool) -> tuple[str, str]:
     return description, content_label
 
 
-def _segment_types(segments: Sequence[str]) -> list[SegmentType]:
+def segment_types(segments: Sequence[str]) -> list[SegmentType]:
+    """The catalogue entries of ``segments``, in order.
+
+    Raises
+    ------
+    SegmentationError
+        ``segments`` is empty, a plain string, or names a segment twice.
+    UnknownSegmentTypeError
+        A name is not in the anatomy catalogue.
+    """
     if isinstance(segments, str) or len(segments) == 0:
         raise SegmentationError(f"segments must be a non-empty list of catalogue names; got {segments!r}")
     entries = [get_segment_type(name) for name in segments]
@@ -58,8 +123,25 @@ def _segment_types(segments: Sequence[str]) -> list[SegmentType]:
     return entries
 
 
-def _pixel_array(labels: np.ndarray, shape: tuple[int, int, int], n: int, segmentation_type: str) -> np.ndarray:
-    """Check ``labels`` and return the array highdicom expects (label map or z, y, x, segment stack)."""
+def pixel_array(labels: np.ndarray, shape: tuple[int, int, int], n: int, segmentation_type: str) -> np.ndarray:
+    """Check ``labels`` and return the array highdicom expects (label map or z, y, x, segment stack).
+
+    Parameters
+    ----------
+    labels
+        An integer label map of shape ``shape`` or a boolean stack ``(n, *shape)``.
+    shape
+        The volume's ``(z, y, x)``.
+    n
+        The number of segments.
+    segmentation_type
+        ``"BINARY"`` or ``"LABELMAP"``.
+
+    Raises
+    ------
+    SegmentationError
+        A shape, dtype or values that do not fit, or overlapping masks for ``LABELMAP``.
+    """
     labels = np.asarray(labels)
     if labels.ndim == 4:
         if labels.shape != (n, *shape):
@@ -86,7 +168,8 @@ def _pixel_array(labels: np.ndarray, shape: tuple[int, int, int], n: int, segmen
     return labels.astype(np.uint8 if n <= 255 else np.uint16, copy=False)
 
 
-def _descriptions(entries: list[SegmentType], algorithm: AlgorithmIdentification | None) -> list[hd.seg.SegmentDescription]:
+def descriptions(entries: list[SegmentType], algorithm: AlgorithmIdentification | None) -> list[hd.seg.SegmentDescription]:
+    """highdicom segment descriptions: numbers 1.., catalogue codes and colours, MANUAL or AUTOMATIC."""
     descriptions = []
     for number, entry in enumerate(entries, start=1):
         description = hd.seg.SegmentDescription(
@@ -106,7 +189,7 @@ def _descriptions(entries: list[SegmentType], algorithm: AlgorithmIdentification
     return descriptions
 
 
-def _drop_image_level_source_references(seg: Dataset) -> None:
+def drop_image_level_source_references(seg: Dataset) -> None:
     """Keep only SEG items in the top-level SourceImageSequence (General Reference module, type U).
 
     Each frame references its CT slice in DerivationImageSequence and every CT
@@ -121,7 +204,14 @@ def _drop_image_level_source_references(seg: Dataset) -> None:
         del seg.SourceImageSequence
 
 
-def _person_name(name: str | None) -> str | None:
+def person_name(name: str | None) -> str | None:
+    """``name`` checked as a DICOM PN value (ContentCreatorName); ``None`` stays ``None``.
+
+    Raises
+    ------
+    SegmentationError
+        Empty, longer than 64 characters, or with a backslash or control characters.
+    """
     if name is None:
         return None
     if not isinstance(name, str) or not name.strip() or len(name) > 64 or re.search(r"[\\\x00-\x1f]", name):
@@ -132,7 +222,14 @@ def _person_name(name: str | None) -> str | None:
     return name
 
 
-def _check_referenced_seg(referenced: Dataset, source: Dataset) -> Dataset:
+def check_referenced_seg(referenced: Dataset, source: Dataset) -> Dataset:
+    """``referenced`` when it is a SEG in the study and frame of reference of ``source``.
+
+    Raises
+    ------
+    SegmentationError
+        Not a SEG, another study or another frame of reference.
+    """
     if referenced.get("SOPClassUID") not in SEG_SOP_CLASS_UIDS:
         raise SegmentationError(f"referenced_seg must be a SEG instance; got SOP class {referenced.get('SOPClassUID')}")
     if referenced.get("StudyInstanceUID") != source.StudyInstanceUID:

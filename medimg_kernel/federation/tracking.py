@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from mlflow import MlflowClient
 
-from .model import SegmentationModelConfig, build_network
-from .training import experiment_id, log_segmentation_model, tracking
+from ..model import SegmentationModelConfig, build_network
+from ..training import experiment_id, log_segmentation_model, tracking
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Geometry of a stack of single-frame slices: slice normal, order, spacing, direction.
 
 Used by :func:`medimg_kernel.series.read_series` (and, for the slice order, by
-:mod:`medimg_kernel.seg_frames`). All lengths are in millimetres, patient
+:mod:`medimg_kernel.seg.frames`). All lengths are in millimetres, patient
 coordinates LPS.
 
 * The slice normal is the cross product of the row and column direction cosines of
@@ -24,18 +24,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import MixedSeriesError, SeriesGeometryError
-
-if TYPE_CHECKING:
-    from .series import _Instance
+from ..errors import MixedSeriesError, SeriesGeometryError
+from .instance import Instance
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["slice_order", "ORIENTATION_ATOL", "POSITION_ATOL_MM", "SPACING_RTOL", "INPLANE_RTOL", "GAP_FACTOR"]
+__all__ = [
+    "slice_order", "stack_geometry", "StackGeometry",
+    "ORIENTATION_ATOL", "POSITION_ATOL_MM", "SPACING_RTOL", "INPLANE_RTOL", "GAP_FACTOR",
+]
 
 #: Largest difference between slices' ImageOrientationPatient cosines (unitless).
 ORIENTATION_ATOL = 1e-4
@@ -63,15 +63,38 @@ def slice_order(positions: np.ndarray, normal: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class _StackGeometry:
+class StackGeometry:
+    """Where the slices of a stack go: their order along the normal, the spacing, origin and direction."""
+
     order: list[int]  # input indices in ascending position along the normal
     spacing: tuple[float, float, float]  # (dz, dy, dx) mm
     origin: tuple[float, float, float]  # LPS mm of the first slice's first voxel
     direction: np.ndarray  # rows: normal, column cosine, row cosine
 
 
-def _stack_geometry(instances: Sequence[_Instance], uid: str) -> _StackGeometry:
-    """Sort slices along the normal and derive spacing, origin and direction."""
+def stack_geometry(instances: Sequence[Instance], uid: str) -> StackGeometry:
+    """Sort slices along the normal and derive spacing, origin and direction.
+
+    Parameters
+    ----------
+    instances
+        The checked instances of one series, in any order.
+    uid
+        The SeriesInstanceUID, for error messages.
+
+    Returns
+    -------
+    StackGeometry
+        ``order`` (input indices along the normal), ``spacing`` ``(dz, dy, dx)`` mm,
+        ``origin`` (LPS mm of the first slice's first voxel) and ``direction``.
+
+    Raises
+    ------
+    MixedSeriesError
+        Orientations or pixel spacings differ between slices.
+    SeriesGeometryError
+        Missing geometry, duplicate or missing slices, uneven spacing, sheared stacks.
+    """
     direction = _orientation(instances, uid)
     dy, dx = _pixel_spacing(instances, uid)
     positions = np.array([_floats(i, "ImagePositionPatient", 3, uid) for i in instances])
@@ -80,10 +103,10 @@ def _stack_geometry(instances: Sequence[_Instance], uid: str) -> _StackGeometry:
     positions = positions[order]
     dz = _slice_spacing(positions, direction[0], ordered, uid)
     _check_in_plane(positions, direction, (dy, dx), ordered, uid)
-    return _StackGeometry([int(k) for k in order], (dz, dy, dx), tuple(positions[0]), direction)
+    return StackGeometry([int(k) for k in order], (dz, dy, dx), tuple(positions[0]), direction)
 
 
-def _floats(instance: _Instance, keyword: str, count: int, uid: str) -> np.ndarray:
+def _floats(instance: Instance, keyword: str, count: int, uid: str) -> np.ndarray:
     """``count`` finite numbers of a decimal-string attribute."""
     try:
         numbers = np.array([float(v) for v in instance.attrs.get(keyword, [])], dtype=float)
@@ -95,7 +118,7 @@ def _floats(instance: _Instance, keyword: str, count: int, uid: str) -> np.ndarr
     return numbers
 
 
-def _orientation(instances: Sequence[_Instance], uid: str) -> np.ndarray:
+def _orientation(instances: Sequence[Instance], uid: str) -> np.ndarray:
     """Orthonormal direction matrix (rows: normal, column cosine, row cosine) shared by all slices."""
     cosines = np.array([_floats(i, "ImageOrientationPatient", 6, uid) for i in instances])
     deviation = np.abs(cosines - cosines[0]).max(axis=1)
@@ -113,7 +136,7 @@ def _orientation(instances: Sequence[_Instance], uid: str) -> np.ndarray:
     return np.stack([np.cross(row, col), col, row])
 
 
-def _pixel_spacing(instances: Sequence[_Instance], uid: str) -> tuple[float, float]:
+def _pixel_spacing(instances: Sequence[Instance], uid: str) -> tuple[float, float]:
     values = np.array([_floats(i, "PixelSpacing", 2, uid) for i in instances])
     if np.any(values <= 0):
         raise SeriesGeometryError(uid, f"{instances[0].label}: PixelSpacing must be positive")
@@ -125,7 +148,7 @@ def _pixel_spacing(instances: Sequence[_Instance], uid: str) -> tuple[float, flo
     return float(values[0][0]), float(values[0][1])
 
 
-def _slice_spacing(positions: np.ndarray, normal: np.ndarray, ordered: Sequence[_Instance], uid: str) -> float:
+def _slice_spacing(positions: np.ndarray, normal: np.ndarray, ordered: Sequence[Instance], uid: str) -> float:
     """Spacing along the normal (mm) of sorted slices; refuses duplicates, gaps and uneven steps."""
     if len(positions) == 1:
         return _single_slice_spacing(ordered[0], uid)
@@ -154,7 +177,7 @@ def _slice_spacing(positions: np.ndarray, normal: np.ndarray, ordered: Sequence[
     return spacing
 
 
-def _single_slice_spacing(instance: _Instance, uid: str) -> float:
+def _single_slice_spacing(instance: Instance, uid: str) -> float:
     """A single slice has no neighbour: SpacingBetweenSlices, else SliceThickness, else 1 mm."""
     for keyword in ("SpacingBetweenSlices", "SliceThickness"):
         try:
@@ -168,7 +191,7 @@ def _single_slice_spacing(instance: _Instance, uid: str) -> float:
 
 
 def _check_in_plane(positions: np.ndarray, direction: np.ndarray, pixel_spacing: tuple[float, float],
-                    ordered: Sequence[_Instance], uid: str) -> None:
+                    ordered: Sequence[Instance], uid: str) -> None:
     """Slices must be stacked straight along the normal (no shear such as gantry tilt)."""
     shift = np.abs((positions - positions[0]) @ direction[1:].T)  # (n, 2): along columns, along rows
     tolerance = np.maximum(POSITION_ATOL_MM, INPLANE_RTOL * np.asarray(pixel_spacing))
