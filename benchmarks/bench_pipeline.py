@@ -37,7 +37,7 @@ from medimg_hub.db.migrations import upgrade  # noqa: E402
 from medimg_hub.pipeline.service import RunTarget, TaskService  # noqa: E402
 from medimg_kernel.model import segment_volume, select_device  # noqa: E402
 from medimg_kernel.registry import ensure_segmentation_model, load_segmentation_model  # noqa: E402
-from medimg_kernel.segmentation import AlgorithmIdentification  # noqa: E402
+from medimg_kernel.seg import AlgorithmIdentification  # noqa: E402
 
 N_STUDIES = 20
 

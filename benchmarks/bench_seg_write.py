@@ -47,7 +47,7 @@ if str(ROOT) not in sys.path:
 import highdicom  # noqa: E402
 
 from medimg_kernel.anatomy import get_segment_type  # noqa: E402
-from medimg_kernel.segmentation import AlgorithmIdentification, read_seg, write_seg  # noqa: E402
+from medimg_kernel.seg import AlgorithmIdentification, read_seg, write_seg  # noqa: E402
 from medimg_kernel.synthetic import SyntheticPatient, ct_series_from_volume  # noqa: E402
 from medimg_kernel.volume import Volume  # noqa: E402
 

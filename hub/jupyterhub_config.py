@@ -13,8 +13,8 @@ from pathlib import Path
 
 from medimg_hub.hubconf import GpuPool, HubState, hub_roles
 from medimg_hub.hubconf.auth import authenticator_config
-from medimg_hub.hubconf.routes import kernel_environment
 from medimg_hub.hubconf.roles import MLFLOW_SERVICE, PLATFORM_SERVICE, ROLE_GROUPS
+from medimg_hub.hubconf.routes import kernel_environment
 from medimg_hub.hubconf.state import proxy_command
 from medimg_hub.hubconf.users import secure_state_dir
 from medimg_hub.settings import CONFIG_ENV_VAR, MLFLOW_PREFIX, REPO_ROOT, load_settings

@@ -28,8 +28,8 @@ from medimg_hub.db.migrations import upgrade
 from medimg_hub.pipeline.service import RunTarget, TaskService, resolve_targets
 from medimg_kernel.model import SegmentationModelConfig
 from medimg_kernel.registry import ensure_segmentation_model
-from medimg_kernel.report import read_sr_report
-from medimg_kernel.segmentation import describe_seg
+from medimg_kernel.sr import read_sr_report
+from medimg_kernel.seg import describe_seg
 from tests.hub.postgres import PostgresServer, postgres_available
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

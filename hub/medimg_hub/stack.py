@@ -5,11 +5,11 @@ from __future__ import annotations
 import sys
 from typing import Protocol
 
-from medimg_hub.pipeline.broker import RedisBroker
-from medimg_hub.tracking.server import MlflowServer
 from medimg_hub.pacs.orthanc import OrthancServer
+from medimg_hub.pipeline.broker import RedisBroker
 from medimg_hub.servers.process import ManagedProcess
 from medimg_hub.settings import Settings, dump_settings
+from medimg_hub.tracking.server import MlflowServer
 
 
 class Service(Protocol):

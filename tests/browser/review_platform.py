@@ -32,9 +32,9 @@ from medimg_hub.db.migrations import upgrade
 from medimg_hub.db import make_engine
 from medimg_hub.pipeline.store import TaskStore
 from medimg_kernel.phantom import make_phantom
-from medimg_kernel.phantom_sites import DEFAULT_SITES
-from medimg_kernel.report import write_sr
-from medimg_kernel.segmentation import AlgorithmIdentification, write_seg
+from medimg_kernel.phantom import DEFAULT_SITES
+from medimg_kernel.sr import write_sr
+from medimg_kernel.seg import AlgorithmIdentification, write_seg
 from medimg_kernel.series import read_series
 from medimg_kernel.synthetic import SyntheticPatient, ct_series_from_volume
 

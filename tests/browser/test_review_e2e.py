@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, undefer
 from medimg_hub.access.models import AuditEvent, ReviewProposal
 from medimg_hub.pipeline.store import TaskStore
 from medimg_kernel.review.draft import decode_draft
-from medimg_kernel.segmentation import describe_seg, read_seg
+from medimg_kernel.seg import describe_seg, read_seg
 from medimg_kernel.series import read_series
 from tests.browser.harness import external_requests, record_requests, save_screenshot, scroll_slices, slice_stats
 from tests.browser.review_platform import ReviewPlatform, running_review_platform

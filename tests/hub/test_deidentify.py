@@ -14,7 +14,7 @@ from medimg_hub.demo.sites import generate_demo
 from medimg_hub.pacs.deidentify import check_export, export_deidentified
 from medimg_hub.pacs.ingest import ingest_files
 from medimg_kernel.deid import DeidentificationOptions, deidentify, find_identifying
-from medimg_kernel.segmentation import describe_seg
+from medimg_kernel.seg import describe_seg
 
 pytestmark = pytest.mark.integration
 

@@ -114,7 +114,7 @@ def test_ground_truth_seg_with_the_real_writer(
     tmp_path: Path, assert_valid_dicom: Callable[[Dataset | Path], None]
 ) -> None:
     # ImportError too: the venv's editable install may find another checkout's half of the SEG code.
-    pytest.importorskip("medimg_kernel.segmentation", exc_type=ImportError)
+    pytest.importorskip("medimg_kernel.seg", exc_type=ImportError)
     manifest = generate_demo(tmp_path, n_sites=1, studies_per_site=1)
     study = manifest.studies[0]
     assert study.seg_file is not None and study.files[-1] == study.seg_file

@@ -11,7 +11,8 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from medimg_hub.pipeline import JobStatus, TaskStatus, TaskStore, derive_task_status, upgrade
+from medimg_hub.db.migrations import upgrade
+from medimg_hub.pipeline import JobStatus, TaskStatus, TaskStore, derive_task_status
 from medimg_hub.db.migrations import VERSION_TABLE, current_revision, head_revision
 from medimg_hub.db import Base, make_engine
 from medimg_kernel.errors import ConfigurationError, ParameterError

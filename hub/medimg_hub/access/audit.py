@@ -19,8 +19,8 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import sessionmaker
 
-from medimg_hub.db import utcnow
 from medimg_hub.access.models import AuditEvent, Outcome
+from medimg_hub.db import utcnow
 
 log = logging.getLogger(__name__)
 

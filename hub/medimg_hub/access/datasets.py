@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from medimg_hub.settings import DatasetSettings
-from medimg_hub.db import utcnow
 from medimg_hub.access.models import Dataset, DatasetStudy, Grant, Right
+from medimg_hub.db import utcnow
+from medimg_hub.settings import DatasetSettings
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from medimg_hub.cli import federation as cli_federation
 from medimg_hub.cli import tasks as cli_tasks
 from medimg_hub.pacs.orthanc import OrthancServer
 from medimg_hub.servers.process import ServiceError
-from medimg_hub.stack import platform_services
 from medimg_hub.settings import CONFIG_ENV_VAR, Settings, load_settings
+from medimg_hub.stack import platform_services
 
 #: Seconds ``medimg up`` waits for the demo's pipeline runs to reach review.
 DEMO_WAIT_S = 900.0

@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 from medimg_hub.demo.sites import DemoManifest
 from medimg_hub.pacs.orthanc import OrthancServer
-from medimg_hub.settings import Settings
 from medimg_hub.pipeline.models import TaskRecord
 from medimg_hub.pipeline.service import RunTarget, TaskService
+from medimg_hub.settings import Settings
 
 DEMO_PIPELINE = "organ-segmentation"
 DEMO_OWNER = "demo"

@@ -54,7 +54,7 @@ ProgressCallback = Callable[[int], object]
 
 
 class SegWriter(Protocol):
-    """The contract of :func:`medimg_kernel.segmentation.write_seg` used here.
+    """The contract of :func:`medimg_kernel.seg.write_seg` used here.
 
     Returns the SEG dataset, or ``None`` to write no SEG (test stubs).
     """
@@ -160,7 +160,7 @@ def _study_seed(seed: int, site_index: int, index: int) -> int:
 
 
 def _default_seg_writer() -> SegWriter:
-    from medimg_kernel.segmentation import write_seg  # lazy: imports highdicom
+    from medimg_kernel.seg import write_seg  # lazy: imports highdicom
 
     return write_seg  # type: ignore[return-value]
 
@@ -271,7 +271,7 @@ def generate_demo(
         the demo is up to date): pass ``tqdm(total=...).update``.
     seg_writer
         Writes the ground-truth SEG (contract of
-        :func:`medimg_kernel.segmentation.write_seg`, the default). A writer
+        :func:`medimg_kernel.seg.write_seg`, the default). A writer
         returning ``None`` writes no SEG.
 
     Returns

@@ -27,9 +27,9 @@ import bcrypt
 from jupyterhub import orm
 from nativeauthenticator.orm import UserInfo
 
-from medimg_hub.secrets import write_private
 from medimg_hub.hubconf.roles import ADMINS, ATTENDINGS, DIRECTORS, ENGINEERS, RESIDENTS
 from medimg_hub.hubconf.state import HubState
+from medimg_hub.secrets import write_private
 from medimg_hub.settings import CONFIG_ENV_VAR, Settings, load_settings
 
 log = logging.getLogger(__name__)

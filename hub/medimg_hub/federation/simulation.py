@@ -23,9 +23,9 @@ from typing import Any
 from uuid import uuid4
 
 from flwr.app import Context, Message, RecordDict
-from flwr.supercore.run import Run
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
+from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 logger = logging.getLogger(__name__)

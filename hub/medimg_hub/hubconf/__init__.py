@@ -1,8 +1,8 @@
 """Helpers imported by ``hub/jupyterhub_config.py``: roles, profiles, authenticators, spawners, OS accounts."""
 
 from medimg_hub.hubconf.gpu import GpuPool, GpuPoolExhaustedError
-from medimg_hub.hubconf.profiles import PROFILES, Profile, ProfileNotAllowedError, choose_profile, kubespawner_profile_list, \
-    profiles_for_groups
+from medimg_hub.hubconf.profiles import (PROFILES, Profile, ProfileNotAllowedError, choose_profile,
+                                         kubespawner_profile_list, profiles_for_groups)
 from medimg_hub.hubconf.roles import ADMINS, ATTENDINGS, DIRECTORS, ENGINEERS, RESIDENTS, ROLE_GROUPS, hub_roles
 from medimg_hub.hubconf.state import HubState
 

@@ -21,8 +21,8 @@ from traitlets import Unicode
 
 from medimg_kernel.errors import ConfigurationError
 
-from medimg_hub.settings import HubSettings, Settings
 from medimg_hub.hubconf.lockout import LoginAttemptStore
+from medimg_hub.settings import HubSettings, Settings
 
 log = logging.getLogger(__name__)
 

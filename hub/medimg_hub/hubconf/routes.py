@@ -10,8 +10,8 @@ hub's public URL.
 
 from __future__ import annotations
 
-from medimg_hub.settings import Settings
 from medimg_hub.hubconf.roles import PLATFORM_SERVICE
+from medimg_hub.settings import Settings
 
 #: Address the managed services listen on (one machine: loopback).
 SERVICE_HOST = "127.0.0.1"

@@ -26,8 +26,8 @@ from traitlets import Instance, Unicode, default
 from traitlets.config import Configurable
 
 from medimg_hub.hubconf.gpu import GpuPool, GpuPoolExhaustedError
-from medimg_hub.hubconf.profiles import PROFILES, Profile, ProfileNotAllowedError, choose_profile, options_form_html, \
-    profiles_for_groups, server_command
+from medimg_hub.hubconf.profiles import (PROFILES, Profile, ProfileNotAllowedError, choose_profile, options_form_html,
+                                         profiles_for_groups, server_command)
 from medimg_hub.hubconf.users import ensure_os_user, os_username
 
 log = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ from pathlib import Path
 import pydicom
 
 from medimg_kernel.deid import DeidentificationOptions, deidentify, find_identifying
+from medimg_kernel.dicom_json import first_value
 from medimg_kernel.dicomweb import DICOMwebProtocol
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,6 @@ class ExportReport:
 
     files: list[Path] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-
-
-def _value(item: dict, tag: str) -> str:
-    values = item.get(tag, {}).get("Value", [])
-    return str(values[0]) if values else ""
 
 
 def export_deidentified(
@@ -78,7 +74,7 @@ def export_deidentified(
     out_dir = Path(out_dir)
     for study_uid in study_instance_uids:
         for series in client.search_for_series(study_uid):
-            series_uid, modality = _value(series, _SERIES), _value(series, _MODALITY)
+            series_uid, modality = first_value(series, _SERIES), first_value(series, _MODALITY)
             if modality in NOT_EXPORTED:
                 report.skipped.append(f"{study_uid}/{series_uid} ({modality}): {NOT_EXPORTED[modality]}")
                 continue

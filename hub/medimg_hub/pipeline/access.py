@@ -25,17 +25,16 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import sessionmaker
 
-from medimg_hub.errors import TaskNotFoundError
 from medimg_kernel.pipeline import ParameterType
 
+from medimg_hub.access.datasets import DatasetDirectory
+from medimg_hub.access.identities import Identity
+from medimg_hub.access.models import ReviewProposal, Right
 from medimg_hub.db import utcnow
-
+from medimg_hub.errors import TaskNotFoundError
+from medimg_hub.pipeline.decisions import attach_draft, settle_job
 from medimg_hub.pipeline.models import JobRecord, TaskRecord
 from medimg_hub.pipeline.service import RunTarget, TaskService
-from medimg_hub.access.identities import Identity
-from medimg_hub.access.datasets import DatasetDirectory
-from medimg_hub.access.models import ReviewProposal, Right
-from medimg_hub.pipeline.decisions import attach_draft, settle_job
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,8 @@ from typing import Any
 from medimg_kernel.errors import MedImgError
 
 from medimg_hub.errors import InvalidTransitionError
-
-from medimg_hub.platform_api.base import PlatformHandler
 from medimg_hub.pipeline.access import TaskAccessError
+from medimg_hub.platform_api.base import PlatformHandler
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import threading
 
 from celery import Celery
 
-from medimg_hub.settings import Settings
 from medimg_hub.pipeline.queue import dispatch_ready, make_celery
 from medimg_hub.pipeline.store import TaskStore
+from medimg_hub.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from medimg_hub.errors import ConcurrentUpdateError, InvalidTransitionError, NotJobOwnerError
 from medimg_kernel.pipeline import StageKind
 
+from medimg_hub.errors import ConcurrentUpdateError, InvalidTransitionError, NotJobOwnerError
 from medimg_hub.pipeline.models import Job, JobRecord
 from medimg_hub.pipeline.states import JobStatus
 from medimg_hub.pipeline.transitions import JobTransitions, check_actor, later

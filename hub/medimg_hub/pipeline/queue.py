@@ -12,11 +12,10 @@ import logging
 from celery import Celery
 
 from medimg_hub.errors import InvalidTransitionError
-
 from medimg_hub.pipeline.broker import RedisBroker
-from medimg_hub.settings import Settings
 from medimg_hub.pipeline.models import JobRecord
 from medimg_hub.pipeline.store import TaskStore
+from medimg_hub.settings import Settings
 
 log = logging.getLogger(__name__)
 

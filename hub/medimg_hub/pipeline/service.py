@@ -13,14 +13,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from medimg_kernel.dicom_json import first_value
 from medimg_kernel.dicomweb import DICOMwebProtocol
 from medimg_kernel.errors import MedImgError, ParameterError
 from medimg_kernel.pipeline import ParameterType, PipelineDescriptor, discover_pipelines, validate_parameters
 
-from medimg_hub.settings import Settings
 from medimg_hub.pipeline.models import JobRecord, TaskRecord
 from medimg_hub.pipeline.queue import dispatch_ready, make_celery
 from medimg_hub.pipeline.store import TaskStore
+from medimg_hub.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +42,10 @@ class RunTarget:
     series_instance_uid: str | None = None
 
 
-def _value(item: Mapping[str, Any], tag: str) -> str | None:
-    values = item.get(tag, {}).get("Value")
-    return str(values[0]) if values else None
-
-
 def find_studies(client: DICOMwebProtocol, search_filters: Mapping[str, Any]) -> list[str]:
     """StudyInstanceUIDs of the studies matching a QIDO-RS query (e.g. ``{"InstitutionName": "SITEA"}``)."""
     return [uid for item in client.search_for_studies(search_filters=dict(search_filters))
-            if (uid := _value(item, "0020000D"))]
+            if (uid := first_value(item, "0020000D", None))]
 
 
 def resolve_targets(client: DICOMwebProtocol, studies: Sequence[str],
@@ -58,7 +54,7 @@ def resolve_targets(client: DICOMwebProtocol, studies: Sequence[str],
     targets = []
     for study in studies:
         series = [uid for item in client.search_for_series(study, search_filters=dict(series_filters))
-                  if (uid := _value(item, "0020000E"))]
+                  if (uid := first_value(item, "0020000E", None))]
         if len(series) != 1:
             found = "no series" if not series else f"{len(series)} series ({', '.join(series)})"
             raise CohortError(

@@ -26,8 +26,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from enum import StrEnum
 
-from medimg_hub.errors import InvalidTransitionError
 from medimg_kernel.pipeline import StageKind
+
+from medimg_hub.errors import InvalidTransitionError
 
 
 class JobStatus(StrEnum):

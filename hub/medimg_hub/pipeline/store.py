@@ -37,12 +37,13 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.orm import selectinload
 
-from medimg_hub.errors import InvalidTransitionError, SchemaVersionError
-from medimg_kernel.pipeline import ParameterDescriptor, ParameterType, PipelineDescriptor, StageKind, validate_parameters
+from medimg_kernel.pipeline import (ParameterDescriptor, ParameterType, PipelineDescriptor, StageKind,
+                                    validate_parameters)
 
-from medimg_hub.pipeline.execution import JobExecution
-from medimg_hub.db.migrations import current_revision, head_revision
 from medimg_hub.db import make_engine, utcnow
+from medimg_hub.db.migrations import current_revision, head_revision
+from medimg_hub.errors import InvalidTransitionError, SchemaVersionError
+from medimg_hub.pipeline.execution import JobExecution
 from medimg_hub.pipeline.models import HistoryRecord, Job, JobHistory, JobRecord, Task, TaskRecord
 from medimg_hub.pipeline.states import DECISIONS, DONE_OK, TERMINAL, JobStatus, TaskStatus, initial_status
 from medimg_hub.pipeline.transitions import JobTransitions, check_actor

@@ -19,10 +19,9 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from medimg_kernel.errors import ConfigurationError
-
-from medimg_hub.errors import ConcurrentUpdateError, TaskNotFoundError, TaskStoreError
 from medimg_kernel.pipeline import StageKind
 
+from medimg_hub.errors import ConcurrentUpdateError, TaskNotFoundError, TaskStoreError
 from medimg_hub.pipeline.models import Job, JobHistory, Task
 from medimg_hub.pipeline.states import DONE_OK, TERMINAL, JobStatus, check_transition, ready_status
 

@@ -18,17 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medimg_hub.errors import NotJobOwnerError
 from medimg_kernel.pipeline import load_pipeline
 from medimg_kernel.stage import StageContext, read_outputs
 
+from medimg_hub.errors import NotJobOwnerError
 from medimg_hub.pacs.orthanc import OrthancServer
-from medimg_hub.settings import Settings
 from medimg_hub.pipeline.models import JobRecord
 from medimg_hub.pipeline.notebook_runner import NotebookRunner, StageExecutionError
 from medimg_hub.pipeline.queue import RUN_JOB, dispatch_ready, make_celery
 from medimg_hub.pipeline.store import TaskStore
 from medimg_hub.pipeline.tracking import log_job_run
+from medimg_hub.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ import logging
 import os
 from urllib.parse import urlparse
 
+from medimg_hub.platform_api.app import build_context, make_app
 from medimg_hub.servers.runner import run_service, stop_requested
 from medimg_hub.settings import load_settings
-from medimg_hub.platform_api.app import build_context, make_app
 
 log = logging.getLogger("medimg_hub.platform_api")
 

@@ -10,25 +10,27 @@ import requests
 from jupyterhub.services.auth import HubAuth
 from tornado.web import Application
 
-from medimg_hub.pacs.orthanc import OrthancServer
-from medimg_hub.settings import Settings
-from medimg_hub.pipeline import upgrade
+from medimg_kernel.dicom_json import first_value
+
+from medimg_hub.access.audit import AuditLog
+from medimg_hub.access.datasets import DatasetDirectory, sync_datasets
+from medimg_hub.access.identities import HubIdentities
 from medimg_hub.db import make_engine
+from medimg_hub.db.migrations import upgrade
+from medimg_hub.pacs.orthanc import OrthancServer
+from medimg_hub.pipeline import api as pipeline_api
+from medimg_hub.pipeline.access import TaskAccess
 from medimg_hub.pipeline.service import TaskService
 from medimg_hub.pipeline.store import TaskStore
 from medimg_hub.platform_api import admin
-from medimg_hub.pipeline import api as pipeline_api
-from medimg_hub.platform_api.gateway import handlers as gateway
-from medimg_hub.review import api as review_api
-from medimg_hub.access.audit import AuditLog
-from medimg_hub.access.identities import HubIdentities
 from medimg_hub.platform_api.base import HealthHandler, PlatformContext
-from medimg_hub.access.datasets import DatasetDirectory, sync_datasets
-from medimg_hub.platform_api.metrics import PlatformMetrics
+from medimg_hub.platform_api.gateway import handlers as gateway
 from medimg_hub.platform_api.gateway.paths import BadRequest, check_uid
-from medimg_hub.review.access import ReviewAccess
-from medimg_hub.pipeline.access import TaskAccess
 from medimg_hub.platform_api.gateway.upstream import Orthanc
+from medimg_hub.platform_api.metrics import PlatformMetrics
+from medimg_hub.review import api as review_api
+from medimg_hub.review.access import ReviewAccess
+from medimg_hub.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ def _series_lookup(pacs: OrthancServer) -> Callable[[str], str | None]:
                 "SeriesInstanceUID": series_uid, "includefield": "0020000D", "limit": "2"}).json()
         except (BadRequest, requests.RequestException, ValueError):
             return None
-        studies = {str(item.get("0020000D", {}).get("Value", [""])[0]) for item in found}
+        studies = {first_value(item, "0020000D") for item in found}
         return studies.pop() if len(studies) == 1 else None
 
     return study_of_series

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from tornado.web import Finish, RequestHandler
 
-from medimg_hub.settings import Settings
 from medimg_hub.access.audit import AuditLog, AuditRecord
-from medimg_hub.access.identities import AuthFailure, HubIdentities, Identity
 from medimg_hub.access.datasets import DatasetDirectory
-from medimg_hub.platform_api.metrics import PlatformMetrics
+from medimg_hub.access.identities import AuthFailure, HubIdentities, Identity
 from medimg_hub.access.models import Outcome
+from medimg_hub.platform_api.metrics import PlatformMetrics
+from medimg_hub.settings import Settings
 
 if TYPE_CHECKING:  # the gateway builds on this module; the context only holds its Orthanc client
     from medimg_hub.platform_api.gateway.upstream import Orthanc

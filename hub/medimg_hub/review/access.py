@@ -27,18 +27,17 @@ from typing import Any
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import sessionmaker, undefer
 
-from medimg_hub.errors import TaskNotFoundError
-
-from medimg_hub.hubconf.roles import DIRECTORS
-from medimg_hub.settings import ReviewSettings
+from medimg_hub.access.datasets import DatasetDirectory
+from medimg_hub.access.identities import Identity
+from medimg_hub.access.models import ReviewClaim, ReviewDraft, ReviewProposal, Right
 from medimg_hub.db import utcnow
+from medimg_hub.errors import TaskNotFoundError
+from medimg_hub.hubconf.roles import DIRECTORS
+from medimg_hub.pipeline.access import TaskAccessError
 from medimg_hub.pipeline.models import JobRecord, TaskRecord
 from medimg_hub.pipeline.service import TaskService
 from medimg_hub.pipeline.states import DECISIONS, JobStatus
-from medimg_hub.access.identities import Identity
-from medimg_hub.access.datasets import DatasetDirectory
-from medimg_hub.access.models import ReviewClaim, ReviewDraft, ReviewProposal, Right
-from medimg_hub.pipeline.access import TaskAccessError
+from medimg_hub.settings import ReviewSettings
 
 log = logging.getLogger(__name__)
 

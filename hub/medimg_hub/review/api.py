@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from medimg_hub.review.access import ClaimConflict
 from medimg_hub.pipeline.access import TaskAccessError
 from medimg_hub.pipeline.api import TasksHandler
+from medimg_hub.review.access import ClaimConflict
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import requests
 
+from medimg_hub.hubconf.state import HubState
 from medimg_hub.servers.process import ManagedProcess, ServiceError
 from medimg_hub.settings import CONFIG_ENV_VAR, REPO_ROOT, Settings
-from medimg_hub.hubconf.state import HubState
 
 log = logging.getLogger(__name__)
 

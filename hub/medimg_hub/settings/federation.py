@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from medimg_kernel.errors import ConfigurationError
 
-
 #: Strategies and differential-privacy modes the federated app offers (``federated/task.py``).
 FEDERATION_STRATEGIES = ("fedavg", "fedprox")
 FEDERATION_DP_MODES = ("none", "server", "client")

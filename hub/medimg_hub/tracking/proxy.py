@@ -46,13 +46,13 @@ from tornado.httputil import HTTPHeaders
 from tornado.iostream import StreamClosedError
 from tornado.web import Application, Finish, RedirectHandler, RequestHandler, stream_request_body
 
-from medimg_hub.hubconf.roles import MLFLOW_ACCESS, MLFLOW_GROUPS
 from medimg_hub.access.audit import AuditLog, AuditRecord
 from medimg_hub.access.identities import AuthFailure, HubIdentities
-from medimg_hub.tracking.server import credentials
 from medimg_hub.access.models import Outcome
+from medimg_hub.hubconf.roles import MLFLOW_ACCESS, MLFLOW_GROUPS
 from medimg_hub.servers.runner import run_service, stop_requested
 from medimg_hub.settings import MLFLOW_PREFIX, Settings, load_settings
+from medimg_hub.tracking.server import credentials
 
 log = logging.getLogger(__name__)
 

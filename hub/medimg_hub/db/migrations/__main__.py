@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from medimg_hub.db.migrations import current_revision, head_revision, upgrade
 from medimg_hub.db import make_engine
+from medimg_hub.db.migrations import current_revision, head_revision, upgrade
 
 
 def main(argv: list[str] | None = None) -> int:

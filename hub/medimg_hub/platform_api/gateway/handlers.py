@@ -28,12 +28,14 @@ from typing import Any
 from tornado.iostream import SSLIOStream, StreamClosedError
 from tornado.web import stream_request_body
 
-from medimg_hub.platform_api.gateway import relay
-from medimg_hub.platform_api.base import PlatformHandler
+from medimg_kernel.dicom_json import first_value
+
 from medimg_hub.access.datasets import Rights
 from medimg_hub.access.models import Right
-from medimg_hub.platform_api.gateway.paths import (BadRequest, DicomPath, NoSuchRoute, Transaction, clean_header, clean_query, encode_query,
-                    parse_dicomweb_path)
+from medimg_hub.platform_api.base import PlatformHandler
+from medimg_hub.platform_api.gateway import relay
+from medimg_hub.platform_api.gateway.paths import (BadRequest, DicomPath, NoSuchRoute, Transaction, clean_header,
+                                                   clean_query, encode_query, parse_dicomweb_path)
 from medimg_hub.platform_api.gateway.stow import MAX_STOW_BYTES, SPOOL_MEMORY_BYTES, StowInstance, scan_instances
 from medimg_hub.platform_api.gateway.upstream import UpstreamError
 
@@ -48,11 +50,6 @@ _PAGING_KEYS = ("limit", "offset")
 
 def _with(rights: Rights, right: Right) -> set[str]:
     return {name for name, granted in rights.items() if right.value in granted}
-
-
-def _study_of(item: dict[str, Any]) -> str | None:
-    values = item.get("0020000D", {}).get("Value")
-    return str(values[0]) if values else None
 
 
 @stream_request_body
@@ -132,7 +129,7 @@ class DicomWebHandler(PlatformHandler):
             return self._answer_qido(await self._search([*query, ("StudyInstanceUID", uid_list)], studies))
         paging = {k: v for k, v in query if k in _PAGING_KEYS}
         query = [(k, v) for k, v in query if k not in _PAGING_KEYS]
-        found = [i for i in await self._search(query, studies) if _study_of(i) in allowed]
+        found = [i for i in await self._search(query, studies) if first_value(i, "0020000D", None) in allowed]
         offset, limit = self._paging(paging)
         return self._answer_qido(found[offset:offset + limit if limit is not None else None])
 
@@ -159,7 +156,7 @@ class DicomWebHandler(PlatformHandler):
             items = json.loads(answer.body)
         except ValueError:
             self.refuse(502, "Orthanc's QIDO-RS answer is not JSON")
-        return [item for item in items if isinstance(item, dict) and _study_of(item) in studies]
+        return [item for item in items if isinstance(item, dict) and first_value(item, "0020000D", None) in studies]
 
     def _answer_qido(self, items: list[dict[str, Any]]) -> None:
         self.audit_fields.setdefault("detail", f"{len(items)} results")
