@@ -154,20 +154,19 @@ def test_kubespawner_profile_list_renders_and_loads():
     assert KubeSpawner._get_profile(None, None, loaded)["slug"] == "engineer-gpu"  # the default
 
 
-def test_lockout_survives_a_restart(tmp_path):
-    from medimg_hub.hubconf.auth import MedimgNativeAuthenticator
+def test_login_throttle_survives_a_restart(tmp_path):
+    from medimg_hub.hubconf.throttle import LoginThrottle
 
-    def authenticator():
-        return MedimgNativeAuthenticator(add_new_table=False, login_attempts_file=str(tmp_path / "attempts.sqlite"),
-                                         allowed_failed_logins=2, seconds_before_next_try=600)
+    now = [1000.0]
 
-    before = authenticator()
-    before.add_login_attempt("eve")
-    before.add_login_attempt("eve")
-    before.add_login_attempt("bob")
-    assert before.is_blocked("eve")
-    after = authenticator()  # a restarted hub
-    assert after.is_blocked("eve") and not after.is_blocked("bob")
-    after.successful_login("bob")
-    assert "bob" not in authenticator().login_attempts
+    def throttle():
+        return LoginThrottle(tmp_path / "attempts.sqlite", free_attempts=2, max_delay_s=600, clock=lambda: now[0])
+
+    before = throttle()
+    for _ in range(3):
+        before.failed("eve", "addr:x")
+    before.failed("bob", "addr:x")
+    assert before.check("eve", "addr:x") is not None
+    after = throttle()  # a restarted hub
+    assert after.check("eve", "addr:x") is not None and after.check("bob", "addr:x") is None
     assert oct((tmp_path / "attempts.sqlite").stat().st_mode & 0o777) == "0o600"

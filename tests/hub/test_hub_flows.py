@@ -167,13 +167,33 @@ def test_gpu_pool_is_shared_exhausted_and_released(hub, admin_token):
             stop_server(hub, admin_token, name)
 
 
-def test_repeated_wrong_passwords_lock_the_account(hub):
-    attacker = HubBrowser(hub)
-    for _ in range(LOCKOUT_ATTEMPTS):
+def test_repeated_wrong_passwords_slow_the_guesser_not_the_user(hub):
+    """A stranger's failures make the stranger wait, never the user in their own browser (SECURITY item
+    "lockout as a weapon"): failures count per account and client, with growing delays."""
+    own = HubBrowser(hub)  # the attending's own browser: an earlier login left its device cookie
+    assert own.logged_in(own.login("attending-a", hub.passwords["attending-a"]))
+    own.get(f"{hub.url}/hub/logout", timeout=10)
+    attacker = HubBrowser(hub)  # same address (127.0.0.1), no device cookie
+    for _ in range(LOCKOUT_ATTEMPTS + 2):
         assert not attacker.logged_in(attacker.login("attending-a", "wrong-password-123"))
     response = attacker.login("attending-a", hub.passwords["attending-a"])
-    assert not attacker.logged_in(response), "the right password must not open a locked account"
-    assert "locked" in response.text
-    # Other accounts are unaffected.
+    assert not attacker.logged_in(response), "a throttled client must wait, even with the right password"
+    assert "try again in" in response.text
+    # the user, in their own browser, logs in at once with the right password
+    assert own.logged_in(own.login("attending-a", hub.passwords["attending-a"]))
+    # other accounts are unaffected
     other = HubBrowser(hub)
     assert other.logged_in(other.login("director1", hub.passwords["director1"]))
+
+
+def test_unknown_and_known_user_names_take_the_same_time_to_refuse(hub):
+    def refusal_s(name: str) -> float:
+        client = HubBrowser(hub)  # a fresh client each time: none of them is throttled
+        start = time.perf_counter()
+        assert not client.logged_in(client.login(name, "wrong-password-456"))
+        return time.perf_counter() - start
+
+    known = sorted(refusal_s("resident-a") for _ in range(3))
+    unknown = sorted(refusal_s(f"nobody-{i}") for i in range(3))
+    # both pay one bcrypt check (~0.25 s here); before, unknown names were refused ~25x faster
+    assert 0.5 < unknown[1] / known[1] < 2.0, (known, unknown)

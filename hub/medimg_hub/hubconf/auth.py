@@ -7,10 +7,10 @@ so the config file applies them and the tests check them without a network.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 from ldapauthenticator import LDAPAuthenticator
 from nativeauthenticator import NativeAuthenticator
 from nativeauthenticator import handlers as native_handlers
@@ -21,13 +21,17 @@ from traitlets import Unicode
 
 from medimg_kernel.errors import ConfigurationError
 
-from medimg_hub.hubconf.lockout import LoginAttemptStore
+from medimg_hub.hubconf.throttle import LoginThrottle, client_key, throttle_file
 from medimg_hub.settings import HubSettings, Settings
 
 log = logging.getLogger(__name__)
 
 #: Minimum length of passwords chosen at sign-up or change (NativeAuthenticator).
 MIN_PASSWORD_LENGTH = 10
+#: Cookie a successful login leaves in the browser (signed, the user name): that browser is then
+#: throttled on its own, apart from strangers guessing the same account's password.
+DEVICE_COOKIE = "medimg-login-device"
+DEVICE_COOKIE_DAYS = 90
 
 
 class NativeLoginHandler(native_handlers.LoginHandler):
@@ -54,20 +58,30 @@ class NativeLoginHandler(native_handlers.LoginHandler):
         user = await self.login_user(data)
         if user:
             self._jupyterhub_user = user
+            # this browser is now known for this account: strangers' failures no longer slow it down
+            self.set_secure_cookie(DEVICE_COOKIE, user.name, expires_days=DEVICE_COOKIE_DAYS, httponly=True,
+                                   path=self.hub.base_url, samesite="Strict")
             self.redirect(self.get_next_url(user))
             return
-        auth = self.authenticator
-        error = (f"Invalid username or password. After {auth.allowed_failed_logins} failed attempts an account "
-                 f"is locked for {auth.seconds_before_next_try} seconds.")
-        info = auth.get_user(data.get("username", ""))
-        if info is not None and not info.is_authorized and info.is_valid_password(data.get("password", "")):
+        wait = getattr(self, "login_wait_s", None)
+        if wait is not None:
+            error = f"Too many failed attempts from this browser or network: try again in {int(wait) + 1} seconds."
+        else:
+            error = "Invalid username or password."
+        info = self.authenticator.get_user(data.get("username", ""))
+        if wait is None and info is not None and not info.is_authorized and info.is_valid_password(
+                data.get("password", "")):
             error = f"User {info.username} has not been authorized by an administrator yet."
         self.finish(await self._render(login_error=error, username=data.get("username", "")))
 
 
 class MedimgNativeAuthenticator(NativeAuthenticator):
-    """NativeAuthenticator with the JupyterHub 6 compatible login handler, and failed-login
-    counters kept in ``login_attempts_file`` so a lockout survives a hub restart."""
+    """NativeAuthenticator with the JupyterHub 6 compatible login handler and login throttling per
+    (account, client) that a stranger cannot turn into a lockout of the user (:mod:`.throttle`).
+
+    Every refusal costs the same time whether or not the account exists: unknown names are
+    checked against a dummy bcrypt hash of the same cost as real ones.
+    """
 
     login_attempts_file = Unicode(
         "", help="SQLite file of the failed-login counters (empty: in memory only, lost on restart).",
@@ -75,25 +89,38 @@ class MedimgNativeAuthenticator(NativeAuthenticator):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._attempt_store = LoginAttemptStore(Path(self.login_attempts_file)) if self.login_attempts_file else None
-        if self._attempt_store is not None:
-            self.login_attempts = self._attempt_store.load()
+        self.throttle = LoginThrottle(Path(self.login_attempts_file) if self.login_attempts_file else None,
+                                      free_attempts=self.allowed_failed_logins or 5,
+                                      max_delay_s=float(self.seconds_before_next_try or 300))
+        self._dummy_hash = bcrypt.hashpw(b"not a password", bcrypt.gensalt())
 
-    def _persist_attempts(self, username: str) -> None:
-        if self._attempt_store is None:
-            return
-        try:
-            self._attempt_store.save(username, self.login_attempts.get(username))
-        except sqlite3.Error as exc:  # the in-memory counter still applies until a restart
-            log.error("failed-login counter of a user not saved: %s", type(exc).__name__)
+    def _client(self, handler: Any, username: str) -> str:
+        device = handler.get_secure_cookie(DEVICE_COOKIE, max_age_days=DEVICE_COOKIE_DAYS) if handler else None
+        return client_key(device_trusted=device == username.encode(),
+                          address=handler.request.remote_ip if handler else None)
 
-    def add_login_attempt(self, username: str) -> None:
-        super().add_login_attempt(username)
-        self._persist_attempts(username)
-
-    def successful_login(self, username: str) -> None:
-        super().successful_login(username)
-        self._persist_attempts(username)
+    async def authenticate(self, handler: Any, data: dict[str, str]) -> str | None:
+        username = self.normalize_username(data.get("username", ""))
+        password = data.get("password", "")
+        client = self._client(handler, username)
+        wait = self.throttle.check(username, client)
+        if wait is not None:
+            if handler is not None:
+                handler.login_wait_s = wait.seconds
+            return None
+        user = self.get_user(username)
+        if user is None:
+            bcrypt.checkpw(password.encode(), self._dummy_hash)  # the same cost as a real check
+            self.throttle.failed(username, client)
+            return None
+        valid = [user.is_valid_password(password), user.is_authorized]
+        if user.has_2fa:
+            valid.append(user.is_valid_token(data.get("2fa")))
+        if all(valid):
+            self.throttle.succeeded(username, client)
+            return username
+        self.throttle.failed(username, client)
+        return None
 
     def get_handlers(self, app: Any) -> list[tuple[str, type]]:
         return [(path, NativeLoginHandler if path == r"/login" else handler)
@@ -120,8 +147,9 @@ class GroupMappingLDAPAuthenticator(LDAPAuthenticator):
 
 
 def native_config(hub: HubSettings, attempts_file: Path | None = None) -> tuple[str, dict[str, Any]]:
-    """NativeAuthenticator: bcrypt-hashed passwords in the hub database, lockout (counters in
-    ``attempts_file``, kept across restarts), admin approval."""
+    """NativeAuthenticator: bcrypt-hashed passwords in the hub database, login throttling per
+    (account, client) with growing delays (counters in ``attempts_file``, kept across restarts),
+    admin approval."""
     return "medimg_hub.hubconf.auth.MedimgNativeAuthenticator", {
         "login_attempts_file": str(attempts_file) if attempts_file else "",
         "enable_signup": hub.signup,
@@ -192,4 +220,4 @@ def authenticator_config(settings: Settings) -> tuple[str, dict[str, Any]]:
         return oidc_config(settings)
     if kind == "ldap":
         return ldap_config(settings.hub)
-    return native_config(settings.hub, settings.var_dir / "hub" / "login-attempts.sqlite")
+    return native_config(settings.hub, throttle_file(settings))

@@ -157,7 +157,9 @@ class HubSettings:
     spawner: str = "system-users"
     #: CUDA device ids in this machine's GPU pool (one per engineer-GPU server); empty = none.
     gpu_devices: tuple[str, ...] = ()
-    #: Failed logins before an account is locked, and for how long (seconds).
+    #: Login throttling (medimg_hub.hubconf.throttle), per account and client (the browser that
+    #: logged in before, else the address): failures a client may make before it waits, and the
+    #: longest wait in seconds (waits double from 1 s; also the window of the per-account count).
     lockout_attempts: int = 5
     lockout_s: float = 300.0
     #: "local" (hashed passwords in the platform database), "oidc" or "ldap".
