@@ -100,10 +100,16 @@ class Federation:
     tls, auth
         HTTPS with a private CA; SuperNode authentication with registered keys.
     site_workers
-        One warm worker process per site (``federated/site_worker.py``): the ClientApp forwards
-        each message to it, so imports and the site's data are paid once per run, not per message.
+        One warm worker process per site (``python -m medimg_federated.site_worker``, with
+        ``app_dir`` on its ``PYTHONPATH``): the ClientApp forwards each message to it, so imports
+        and the site's data are paid once per run, not per message.
     python_path
-        ``PYTHONPATH`` for every Flower process (the app imports ``medimg_kernel``).
+        ``PYTHONPATH`` for every Flower process (the app imports ``medimg_kernel``). The app's
+        own package reaches the SuperLink and SuperNodes in its FAB (``flwr run APP_DIR``), never
+        through ``PYTHONPATH``.
+    app_dir
+        The Flower app folder (``pyproject.toml`` + ``medimg_federated/``): packed by ``flwr run``,
+        and the site workers' ``PYTHONPATH`` entry.
     """
 
     var_dir: Path
@@ -182,8 +188,8 @@ class Federation:
 
     def _worker_process(self, node: SiteNode) -> ManagedProcess:
         socket, key = self._worker_files(node.site)
-        argv = [sys.executable, str(self.app_dir / "site_worker.py"), "--socket", str(socket), "--key-file", str(key)]
-        env = self.env() | {"PYTHONPATH": f"{self.app_dir}{os.pathsep}{self.python_path}"}
+        argv = [sys.executable, "-m", "medimg_federated.site_worker", "--socket", str(socket), "--key-file", str(key)]
+        env = self.env() | {"PYTHONPATH": f"{self.app_dir}{os.pathsep}{self.python_path}"}  # the app's package
         return ManagedProcess(f"siteworker-{node.site}", argv, Path(self.var_dir), env=env, ready=socket.exists,
                               url=f"unix:{socket}", marker=f"--socket {socket}")
 

@@ -7,14 +7,15 @@ directly, once per site and message, so the ServerApp, strategies, DP wrappers, 
 mods and MLflow tracking run unchanged — only the transport differs. Sites are served in
 turn (no parallelism, no per-message process: data and imports are reused between rounds),
 which is what makes it quick for experiments; deployment behaviour (timeouts, lost nodes,
-TLS, authentication) needs :mod:`medimg_hub.federation.deployment`.
+TLS, authentication) needs the platform's deployment (``medimg fl up``/``medimg fl run``).
+
+Part of the app package (it drives the app's own ``ServerApp`` and ``ClientApp``); notebooks and
+benchmarks import it as ``medimg_federated.simulation`` with ``federated/`` on ``PYTHONPATH``.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,8 +31,8 @@ from flwr.supercore.task_identity import TaskIdentity
 
 logger = logging.getLogger(__name__)
 
-#: The Flower app of this repository.
-APP_DIR = Path(__file__).resolve().parents[3] / "federated"
+#: The app folder (``federated/``): its ``pyproject.toml`` holds the run config's defaults.
+APP_DIR = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -98,13 +99,12 @@ class InProcessGrid(Grid):
         return self.pull_messages(self.push_messages(messages))
 
 
-def load_app(app_dir: Path = APP_DIR) -> tuple[Any, Any]:
-    """The app's ``(server_app.app, client_app.app)``, imported from ``app_dir`` (flat modules)."""
-    if str(app_dir) not in sys.path:
-        sys.path.insert(0, str(app_dir))
-    server = importlib.import_module("server_app")
-    client = importlib.import_module("client_app")
-    return server.app, client.app
+def load_app() -> tuple[Any, Any]:
+    """The app's ``(server_app.app, client_app.app)``."""
+    from .client_app import app as client_app
+    from .server_app import app as server_app
+
+    return server_app, client_app
 
 
 def default_run_config(app_dir: Path = APP_DIR) -> dict[str, Any]:
@@ -119,8 +119,7 @@ def folder_sites(folder: Path) -> list[dict[str, str]]:
     return [{"site": p.name, "folder": str(p)} for p in sorted(Path(folder).iterdir()) if p.is_dir()]
 
 
-def simulate(sites: Sequence[Mapping[str, str]], run_config: Mapping[str, Any], *,
-             app_dir: Path = APP_DIR) -> None:
+def simulate(sites: Sequence[Mapping[str, str]], run_config: Mapping[str, Any]) -> None:
     """Run the federated app on ``sites`` (node configs) in this process.
 
     Parameters
@@ -131,8 +130,8 @@ def simulate(sites: Sequence[Mapping[str, str]], run_config: Mapping[str, Any], 
     run_config
         Overrides of the app's run config (e.g. ``num-server-rounds``, ``tracking-uri``).
     """
-    config = default_run_config(app_dir) | dict(run_config)
-    server_app, client_app = load_app(app_dir)
+    config = default_run_config() | dict(run_config)
+    server_app, client_app = load_app()
     grid = InProcessGrid(client_app, [SimulatedSite(i + 1, s) for i, s in enumerate(sites)], config)
     # What the ServerApp process of a deployment gets from its SuperLink (messages need it).
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1

@@ -28,8 +28,8 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from site_worker import EVALUATE_FIRST, EVALUATION_RECORD
-from task import ConfigurationError, FederatedTracker, RunSettings, from_record, initial_arrays, split_replies
+from .site_worker import EVALUATE_FIRST, EVALUATION_RECORD
+from .task import ConfigurationError, FederatedTracker, RunSettings, from_record, initial_arrays, split_replies
 
 logger = logging.getLogger(__name__)
 

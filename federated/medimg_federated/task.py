@@ -22,7 +22,7 @@ from medimg_kernel.federated import (
 )
 from medimg_kernel.federated_tracking import FederatedTracker
 from medimg_kernel.model import SegmentationModelConfig, build_network
-from site_worker import EVALUATE_FIRST, SiteReply, WorkRequest
+from .site_worker import EVALUATE_FIRST, SiteReply, WorkRequest
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,9 @@ key in a 0600 file); the worker keeps the imports, and the site's training pairs
 current run, in memory. Without a worker the ClientApp does the work itself (simulation mode).
 
 This module imports only Flower's record types, numpy and the standard library; the worker
-imports :mod:`task` when it starts. Run a worker with
-``python site_worker.py --socket PATH --key-file PATH`` (``medimg_hub.federation.deployment`` does).
+imports :mod:`.task` when it starts. Run a worker with ``federated/`` on ``PYTHONPATH``:
+``python -m medimg_federated.site_worker --socket PATH --key-file PATH`` (the platform's
+``medimg fl up`` does).
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def forward(message: Message, context: Context, *, train: bool) -> Message:
 def serve(socket: Path, key_file: Path) -> None:
     """Answer :class:`WorkRequest` objects on ``socket`` until terminated; the site's data is
     kept for the current run and dropped when a request of another run arrives."""
-    import task  # torch, MONAI, medimg_kernel: once per worker
+    from . import task  # torch, MONAI, medimg_kernel: once per worker
     from medimg_kernel.federated import clear_site_cache
 
     socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
