@@ -28,8 +28,8 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from .site_worker import EVALUATE_FIRST, EVALUATION_RECORD
-from .task import ConfigurationError, FederatedTracker, RunSettings, from_record, initial_arrays, split_replies
+from .records import EVALUATE_FIRST, EVALUATION_RECORD, from_record, split_replies
+from .task import ConfigurationError, FederatedTracker, RunSettings, initial_arrays
 
 logger = logging.getLogger(__name__)
 

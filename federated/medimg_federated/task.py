@@ -8,12 +8,11 @@ site's) into :class:`medimg_kernel.federated.SiteConfig`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.app import ArrayRecord, Context, Message
 
 from medimg_kernel.errors import ConfigurationError
 from medimg_kernel.federated import (
@@ -22,7 +21,8 @@ from medimg_kernel.federated import (
 )
 from medimg_kernel.federated_tracking import FederatedTracker
 from medimg_kernel.model import SegmentationModelConfig, build_network
-from .site_worker import EVALUATE_FIRST, SiteReply, WorkRequest
+
+from .records import EVALUATE_FIRST, SiteReply, WorkRequest, to_record
 
 logger = logging.getLogger(__name__)
 
@@ -84,19 +84,6 @@ class RunSettings:
         return SegmentationModelConfig.from_json(text) if text else SegmentationModelConfig()
 
 
-# --- weights as Flower records ------------------------------------------------------------------
-
-
-def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
-    """Named numpy arrays as an ArrayRecord (names kept, order kept)."""
-    return ArrayRecord(array_dict={name: Array(np.ascontiguousarray(a)) for name, a in arrays.items()})
-
-
-def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """An ArrayRecord as named numpy arrays."""
-    return {name: array.numpy() for name, array in record.items()}
-
-
 def initial_arrays(settings: RunSettings) -> ArrayRecord:
     """The seeded, untrained global model."""
     return to_record(state_arrays(build_network(settings.segmentation_config())))
@@ -122,7 +109,7 @@ def _refusal(code: int, reason: str) -> SiteReply:
 def site_reply(request: WorkRequest) -> SiteReply:
     """Train (``request.train``) or evaluate the received global model on this site's own data.
 
-    A train request whose config sets :data:`~site_worker.EVALUATE_FIRST` also evaluates the
+    A train request whose config sets :data:`~.records.EVALUATE_FIRST` also evaluates the
     received model on the hold-out before training (one message per round instead of two).
 
     Refusals are error replies with a reason the ServerApp logs and tracks: a site without
@@ -154,46 +141,5 @@ def handle_message(message: Message, context: Context, *, train: bool) -> Messag
     return site_reply(WorkRequest.from_message(message, context, train=train)).to_message(message)
 
 
-# --- ServerApp side ---------------------------------------------------------------------------------
-
-
-def reply_site(message: Message) -> str:
-    """The site name a reply carries ("" for error replies)."""
-    if message.has_error() or "site" not in message.content.config_records:
-        return ""
-    return str(message.content.config_records["site"]["site"])
-
-
-def split_replies(replies: Iterable[Message], sent: Iterable[int], sites: dict[int, str]
-                  ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
-    """Per-site metrics of valid replies, and ``{site or node: reason}`` for errors and missing replies.
-
-    ``sites`` (node id → site name) is updated from the valid replies.
-    """
-    per_site: dict[str, dict[str, float]] = {}
-    failed: dict[str, str] = {}
-    seen = set()
-    for reply in replies:
-        node = reply.metadata.src_node_id
-        seen.add(node)
-        if reply.has_error():
-            reason = reply.error.reason or f"error code {reply.error.code}"
-            failed[sites.get(node) or _site_in(reason) or f"node-{node}"] = reason
-            continue
-        sites[node] = reply_site(reply) or f"node-{node}"
-        metrics = next(iter(reply.content.metric_records.values()))
-        per_site[sites[node]] = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-    for node in set(sent) - seen:
-        failed[sites.get(node, f"node-{node}")] = "no reply before the round timeout (site down or too slow)"
-    return per_site, failed
-
-
-def _site_in(reason: str) -> str:
-    """The site name in a refusal reason (``"site NAME: ..."``), if any."""
-    if reason.startswith("site ") and ":" in reason:
-        return reason[5:].split(":", 1)[0].strip()
-    return ""
-
-
-__all__ = ["ConfigurationError", "FederatedTracker", "RunSettings", "to_record", "from_record", "initial_arrays", "handle_message", "site_reply", "split_replies",
+__all__ = ["ConfigurationError", "FederatedTracker", "RunSettings", "initial_arrays", "handle_message", "site_reply",
            "NO_TRAINING_DATA", "ARCHITECTURE_MISMATCH", "CONFIGURATION", "TINY_MODEL"]
