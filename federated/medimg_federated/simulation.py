@@ -29,11 +29,9 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
+from .config import resolve
+
 logger = logging.getLogger(__name__)
-
-#: The app folder (``federated/``): its ``pyproject.toml`` holds the run config's defaults.
-APP_DIR = Path(__file__).resolve().parents[1]
-
 
 @dataclass(frozen=True)
 class SimulatedSite:
@@ -107,13 +105,6 @@ def load_app() -> tuple[Any, Any]:
     return server_app, client_app
 
 
-def default_run_config(app_dir: Path = APP_DIR) -> dict[str, Any]:
-    """``[tool.flwr.app.config]`` of the app's ``pyproject.toml``."""
-    import tomllib
-    raw = tomllib.loads((app_dir / "pyproject.toml").read_text())
-    return dict(raw["tool"]["flwr"]["app"]["config"])
-
-
 def folder_sites(folder: Path) -> list[dict[str, str]]:
     """Node configs for a folder holding one subfolder of DICOM files per site (as the demo writes)."""
     return [{"site": p.name, "folder": str(p)} for p in sorted(Path(folder).iterdir()) if p.is_dir()]
@@ -128,9 +119,15 @@ def simulate(sites: Sequence[Mapping[str, str]], run_config: Mapping[str, Any]) 
         One node config per site: ``{"site": name, "folder": path}`` or with ``dicomweb-url``
         and ``credentials-file``.
     run_config
-        Overrides of the app's run config (e.g. ``num-server-rounds``, ``tracking-uri``).
+        Overrides of the app's run config (keys of ``[tool.flwr.app.config]``, e.g.
+        ``num-server-rounds``, ``tracking-uri``).
+
+    Raises
+    ------
+    ConfigurationError
+        An unknown run-config key (named), or a value of the wrong type.
     """
-    config = default_run_config() | dict(run_config)
+    config = resolve(run_config)
     server_app, client_app = load_app()
     grid = InProcessGrid(client_app, [SimulatedSite(i + 1, s) for i, s in enumerate(sites)], config)
     # What the ServerApp process of a deployment gets from its SuperLink (messages need it).
@@ -139,5 +136,4 @@ def simulate(sites: Sequence[Mapping[str, str]], run_config: Mapping[str, Any]) 
     server_app(grid, context)
 
 
-__all__ = ["APP_DIR", "SimulatedSite", "InProcessGrid", "load_app", "default_run_config", "folder_sites",
-           "simulate"]
+__all__ = ["SimulatedSite", "InProcessGrid", "load_app", "folder_sites", "simulate"]

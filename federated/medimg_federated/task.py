@@ -1,15 +1,13 @@
-"""The federated app's work, delegated to :mod:`medimg_kernel` (the only file here that imports torch).
+"""The federated app's work, delegated to :mod:`medimg_kernel` (the only module here that imports torch).
 
 Run config (``[tool.flwr.app.config]`` in ``pyproject.toml``, override with ``flwr run -c``)
-is read once into :class:`RunSettings`; node config (one per SuperNode: which PACS is this
-site's) into :class:`medimg_kernel.federated.SiteConfig`.
+is read once into :class:`~.config.RunSettings`; node config (one per SuperNode: which PACS is
+this site's) into :class:`medimg_kernel.federated.SiteConfig`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from typing import Any
 
 from flwr.app import ArrayRecord, Context, Message
@@ -22,6 +20,7 @@ from medimg_kernel.federated import (
 from medimg_kernel.federated_tracking import FederatedTracker
 from medimg_kernel.model import SegmentationModelConfig, build_network
 
+from .config import RunSettings
 from .records import EVALUATE_FIRST, SiteReply, WorkRequest, to_record
 
 logger = logging.getLogger(__name__)
@@ -35,58 +34,15 @@ TINY_MODEL = ('{"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0, "
               '"target_spacing_mm": [8.0, 8.0, 8.0], "sw_batch_size": 4}')
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    """Typed run config; field ``x_y`` is run-config key ``x-y``. Defaults: ``pyproject.toml``."""
-
-    num_server_rounds: int = 3
-    local_epochs: int = 1
-    batch_size: int = 2
-    lr: float = 3e-3
-    strategy: str = "fedavg"          # fedavg | fedprox
-    proximal_mu: float = 0.01
-    min_nodes: int = 2                # fewer than all sites: a lost site must not stall the run
-    fraction: float = 1.0             # of the online sites, asked to train and evaluate each round
-    expected_nodes: int = 3
-    round_timeout: float = 600.0      # replies later than this are dropped (the site is reported)
-    model_config: str = ""            # SegmentationModelConfig overrides as JSON; "" = defaults
-    type_id: str = "organs"
-    holdout_fraction: float = 0.2
-    seed: int = 0
-    num_threads: int = 1
-    dp: str = "none"                  # none | server | client (fixed clipping)
-    dp_noise_multiplier: float = 0.0
-    dp_clipping_norm: float = 10.0
-    tracking_uri: str = ""
-    experiment: str = "organ-segmentation-federated"
-    run_name: str = ""
-    model_name: str = "organ-segmentation"
-    alias: str = "federated"
-    register: bool = True
-
-    @classmethod
-    def from_run_config(cls, run_config: Mapping[str, Any]) -> RunSettings:
-        """Build from Flower's run config; unknown keys are refused by name."""
-        known = {f.name.replace("_", "-"): f for f in fields(cls)}
-        unknown = sorted(set(run_config) - set(known))
-        if unknown:
-            raise ConfigurationError(f"run config: unknown keys {unknown}; known: {sorted(known)}")
-        values = {known[k].name: run_config[k] for k in run_config}
-        found = cls(**values)
-        if found.strategy not in ("fedavg", "fedprox") or found.dp not in ("none", "server", "client"):
-            raise ConfigurationError(f"run config: strategy must be fedavg|fedprox and dp none|server|client; "
-                                     f"got strategy={found.strategy!r}, dp={found.dp!r}")
-        return found
-
-    def segmentation_config(self, override: str = "") -> SegmentationModelConfig:
-        """The model config from ``model-config`` (or a node's ``override``), as JSON overrides."""
-        text = override or self.model_config
-        return SegmentationModelConfig.from_json(text) if text else SegmentationModelConfig()
+def segmentation_config(settings: RunSettings, override: str = "") -> SegmentationModelConfig:
+    """The model config from ``model-config`` (or a node's ``override``), as JSON overrides."""
+    text = override or settings.model_config
+    return SegmentationModelConfig.from_json(text) if text else SegmentationModelConfig()
 
 
 def initial_arrays(settings: RunSettings) -> ArrayRecord:
     """The seeded, untrained global model."""
-    return to_record(state_arrays(build_network(settings.segmentation_config())))
+    return to_record(state_arrays(build_network(segmentation_config(settings))))
 
 
 # --- ClientApp side -------------------------------------------------------------------------------
@@ -95,7 +51,7 @@ def initial_arrays(settings: RunSettings) -> ArrayRecord:
 def _site_work(request: WorkRequest) -> tuple[RunSettings, SiteConfig, SegmentationModelConfig, Any, Any]:
     settings = RunSettings.from_run_config(request.run_config)
     site = SiteConfig.from_node_config(request.node_config)
-    config = settings.segmentation_config(str(request.node_config.get("model-config", "")))
+    config = segmentation_config(settings, str(request.node_config.get("model-config", "")))
     network = network_from_arrays(config, request.arrays, site=site.site)
     data = load_site_data(site, config, type_id=settings.type_id, holdout_fraction=settings.holdout_fraction)
     return settings, site, config, network, data
@@ -141,5 +97,5 @@ def handle_message(message: Message, context: Context, *, train: bool) -> Messag
     return site_reply(WorkRequest.from_message(message, context, train=train)).to_message(message)
 
 
-__all__ = ["ConfigurationError", "FederatedTracker", "RunSettings", "initial_arrays", "handle_message", "site_reply",
+__all__ = ["FederatedTracker", "segmentation_config", "initial_arrays", "handle_message", "site_reply",
            "NO_TRAINING_DATA", "ARCHITECTURE_MISMATCH", "CONFIGURATION", "TINY_MODEL"]

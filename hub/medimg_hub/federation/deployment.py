@@ -36,7 +36,6 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,8 +311,9 @@ class Federation:
     def run(self, run_config: Mapping[str, Any], *, timeout_s: float = 1800.0) -> Path:
         """Run the app to completion (``flwr run --stream``); returns the ServerApp log file.
 
-        ``run_config`` overrides the app's ``[tool.flwr.app.config]`` (written as a TOML file:
-        JSON strings such as ``model-config`` do not survive the inline form).
+        ``run_config`` overrides the app's ``[tool.flwr.app.config]`` (its keys; the SuperLink
+        refuses others by name), written as a TOML file: JSON strings such as ``model-config``
+        do not survive the inline form.
         """
         overrides = self.root / "run-config.toml"
         overrides.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in run_config.items()))
@@ -343,11 +343,6 @@ def toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     return json.dumps(str(value))
-
-
-def app_run_config(app_dir: Path = APP_DIR) -> dict[str, Any]:
-    """The app's default run config (``[tool.flwr.app.config]``)."""
-    return dict(tomllib.loads((app_dir / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
 
 
 def _spawned_by(root: int) -> list[int]:
@@ -415,4 +410,4 @@ def _running(pid: int) -> bool:
 
 
 __all__ = ["CONNECTION", "APP_DIR", "FLOWER_ENV", "FederationError", "SiteNode", "Federation", "stop_tree",
-           "app_run_config", "toml_value"]
+           "toml_value"]
