@@ -5,7 +5,7 @@ contrast; :mod:`medimg_kernel.phantom`) are written as files, one folder per sit
 studies are split into train and hold-out by UID hash exactly as its ClientApp splits them.
 *Pooled*: one network trained on every site's training series for ``E`` epochs
 (:func:`medimg_kernel.training.train_epochs`, cosine LR). *Federated*: the Flower app in
-simulation mode (:mod:`medimg_hub.federation.simulation`; same ServerApp, FedAvg and ClientApp as a
+simulation mode (:mod:`medimg_federated.simulation`; same ServerApp, FedAvg and ClientApp as a
 deployment), ``E`` rounds × 1 local epoch (the same number of passes over each site's data,
 cosine LR over rounds). Both are scored by mean Dice over organs (liver, spleen, kidney) on the
 union of the sites' hold-out series, on their original grids. Value: federated − pooled, each
@@ -16,7 +16,7 @@ run once measured −0.023, so one run is not enough to judge a 0.02 margin. Per
 
 ``federated_round_overhead``: the same app deployed (SuperLink + 3 SuperNode processes on
 loopback, ``flwr run``), ``R`` rounds. A round is one message per site: it evaluates the received
-global model (round r−1's) on the hold-out, then trains (``federated/server_app.py``). For each
+global model (round r−1's) on the hold-out, then trains (``medimg_federated.server_app``). For each
 round r ≥ 2: round wall time = time between the MLflow logs of round r−1's and round r's
 aggregated training; local compute = the slowest site's (evaluate + train) time reported by its
 ClientApp in that message (``eval_time_s`` logged at step r−1, ``train_time_s`` at step r). Value:
@@ -28,7 +28,8 @@ evaluate-only message after the last round (the final model's evaluation), once 
 Before 2026-12-02 a round was two messages (train, then evaluate) and the wall time was measured
 between aggregated evaluations; the work counted per round is the same.
 
-Run: ``python benchmarks/bench_federated.py [--epochs 20] [--studies-per-site 4] [--rounds 3] [--repeats 3]``
+Run, with the Flower app's package on the path:
+``PYTHONPATH=federated python benchmarks/bench_federated.py [--epochs 20] [--studies-per-site 4] [--rounds 3] [--repeats 3]``
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ import torch
 from mlflow import MlflowClient
 
 from benchlib import write_result
+from medimg_federated.simulation import simulate
 from medimg_hub.demo.sites import generate_demo
 from medimg_hub.federation.deployment import APP_DIR, Federation, SiteNode
-from medimg_hub.federation.simulation import simulate
 from medimg_hub.servers.process import free_port
 from medimg_hub.settings.federation import FederationSettings
 from medimg_kernel.federated import SiteConfig, load_site_data

@@ -17,23 +17,25 @@ run_config
     and an alias of its own (``champion`` is never touched).
 
 Every test that starts Flower processes stops them in ``finally`` (:meth:`Federation.down`).
+The app's package ``medimg_federated`` must be importable: ``federated/`` on ``PYTHONPATH``.
 """
 
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
 from medimg_hub.demo.sites import generate_demo
-from medimg_hub.federation.deployment import APP_DIR
 
-if str(APP_DIR) not in sys.path:
-    sys.path.insert(0, str(APP_DIR))
-
-from task import TINY_MODEL  # noqa: E402  (the app's flat module)
+try:
+    from medimg_federated.task import TINY_MODEL
+except ModuleNotFoundError as exc:  # the app's source root is federated/, not the repository root
+    if exc.name != "medimg_federated":
+        raise
+    raise ImportError("the Flower app's package medimg_federated is not importable: put federated/ on "
+                      "PYTHONPATH (e.g. PYTHONPATH=.:hub:federated python -m pytest tests/federated)") from exc
 
 
 @pytest.fixture(scope="session")

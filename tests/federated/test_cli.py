@@ -24,7 +24,7 @@ from medimg_hub.pacs.orthanc import OrthancServer
 from medimg_hub.servers.process import free_port, port_in_use
 from medimg_hub.settings import Settings, load_settings
 from medimg_kernel.registry import load_segmentation_model
-from task import TINY_MODEL
+from medimg_federated.task import TINY_MODEL
 
 from .mlflow_helpers import history, latest_federated_run
 

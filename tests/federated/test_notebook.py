@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from task import TINY_MODEL
+from medimg_federated.task import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -17,7 +17,9 @@ pytestmark = pytest.mark.slow
 def test_federated_notebook_runs_under_papermill(demo_sites, tmp_path, monkeypatch):
     import papermill
 
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(REPO / "hub"), os.environ.get("PYTHONPATH", "")]))
+    # The kernel gets the repository root (medimg_kernel) and federated/ (the app's package
+    # medimg_federated); the notebook never imports medimg_hub.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(REPO / "federated"), os.environ.get("PYTHONPATH", "")]))
     out = tmp_path / "out.ipynb"
     papermill.execute_notebook(
         str(REPO / "notebooks" / "federated_experiment.ipynb"), str(out), kernel_name="python3",

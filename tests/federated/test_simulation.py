@@ -1,7 +1,7 @@
 """The Flower app in simulation mode (every site in this process): refusals, strategies, DP.
 
 The same ServerApp, strategies, ClientApp and mods as a deployment; only the transport is
-in-process (:mod:`medimg_hub.federation.simulation`), so these run in seconds per round.
+in-process (:mod:`medimg_federated.simulation`), so these run in seconds per round.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from medimg_hub.federation.simulation import simulate
+from medimg_federated.simulation import simulate
 from medimg_kernel.errors import ConfigurationError
 from medimg_kernel.registry import load_segmentation_model
 

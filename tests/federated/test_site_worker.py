@@ -1,4 +1,4 @@
-"""A site's warm worker (``federated/site_worker.py``): the ClientApp forwards messages to it.
+"""A site's warm worker (``medimg_federated.site_worker``): the ClientApp forwards messages to it.
 
 Run through the simulation (the same ServerApp and ClientApp as a deployment), with one site
 answered by a real worker process and the other in this process: weights and metrics cross
@@ -12,7 +12,7 @@ import secrets
 import pytest
 
 from medimg_hub.federation.deployment import APP_DIR, Federation, SiteNode
-from medimg_hub.federation.simulation import simulate
+from medimg_federated.simulation import simulate
 from medimg_hub.servers.process import free_port
 
 from .mlflow_helpers import failures, history, latest_federated_run
@@ -40,4 +40,5 @@ def test_messages_forwarded_to_a_site_worker(site_folders, unlabelled_site, run_
     assert set(history(tracking_uri, run.info.run_id, f"{sites[0]['site']}_eval_dice")) == {1}
     assert "NOLABELS" in failures(tracking_uri, run.info.run_id)
     assert "site worker ready" in worker.log_file.read_text()
-    assert str(APP_DIR) in " ".join(worker.argv)
+    # the worker runs this checkout's app: its package as a module, found through PYTHONPATH (was: the file's path)
+    assert "-m medimg_federated.site_worker" in " ".join(worker.argv) and str(APP_DIR) in worker.env["PYTHONPATH"]

@@ -9,6 +9,7 @@ in ``[federation]`` of ``medimg.toml``; the options of ``medimg fl run`` overrid
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -39,15 +40,19 @@ def fl_up_command(settings: Settings) -> None:
 @click.option("--dp", type=click.Choice(FEDERATION_DP_MODES),
               help="Differential privacy (fixed clipping, Gaussian noise); default: [federation] dp.")
 @click.option("-c", "--run-config", "extra", multiple=True,
-              help="Further run-config KEY=VALUE (keys of federated/pyproject.toml), overriding [federation].")
+              help="Further run-config KEY=VALUE (keys of [tool.flwr.app.config] in federated/pyproject.toml), "
+                   "overriding [federation].")
 @click.pass_obj
 def fl_run_command(settings: Settings, rounds: int | None, local_epochs: int | None, strategy: str | None,
                    dp: str | None, extra: tuple[str, ...]) -> None:
     """Run the Flower app on the started federation; metrics and the model go to the platform's MLflow."""
     from medimg_hub.federation.platform import fl_run
 
-    options = {"num-server-rounds": rounds, "local-epochs": local_epochs, "strategy": strategy, "dp": dp}
-    overrides: dict[str, object] = {k: v for k, v in options.items() if v is not None}
+    # The options are [federation] settings for this run; platform.run_config maps them to run-config keys.
+    options = {"rounds": rounds, "local_epochs": local_epochs, "strategy": strategy, "dp": dp}
+    federation = dataclasses.replace(settings.federation, **{k: v for k, v in options.items() if v is not None})
+    settings = dataclasses.replace(settings, federation=federation)
+    overrides: dict[str, object] = {}
     for item in extra:
         key, sep, value = item.partition("=")
         if not sep:

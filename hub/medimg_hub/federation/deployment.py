@@ -36,7 +36,6 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,10 +99,16 @@ class Federation:
     tls, auth
         HTTPS with a private CA; SuperNode authentication with registered keys.
     site_workers
-        One warm worker process per site (``federated/site_worker.py``): the ClientApp forwards
-        each message to it, so imports and the site's data are paid once per run, not per message.
+        One warm worker process per site (``python -m medimg_federated.site_worker``, with
+        ``app_dir`` on its ``PYTHONPATH``): the ClientApp forwards each message to it, so imports
+        and the site's data are paid once per run, not per message.
     python_path
-        ``PYTHONPATH`` for every Flower process (the app imports ``medimg_kernel``).
+        ``PYTHONPATH`` for every Flower process (the app imports ``medimg_kernel``). The app's
+        own package reaches the SuperLink and SuperNodes in its FAB (``flwr run APP_DIR``), never
+        through ``PYTHONPATH``.
+    app_dir
+        The Flower app folder (``pyproject.toml`` + ``medimg_federated/``): packed by ``flwr run``,
+        and the site workers' ``PYTHONPATH`` entry.
     """
 
     var_dir: Path
@@ -182,8 +187,8 @@ class Federation:
 
     def _worker_process(self, node: SiteNode) -> ManagedProcess:
         socket, key = self._worker_files(node.site)
-        argv = [sys.executable, str(self.app_dir / "site_worker.py"), "--socket", str(socket), "--key-file", str(key)]
-        env = self.env() | {"PYTHONPATH": f"{self.app_dir}{os.pathsep}{self.python_path}"}
+        argv = [sys.executable, "-m", "medimg_federated.site_worker", "--socket", str(socket), "--key-file", str(key)]
+        env = self.env() | {"PYTHONPATH": f"{self.app_dir}{os.pathsep}{self.python_path}"}  # the app's package
         return ManagedProcess(f"siteworker-{node.site}", argv, Path(self.var_dir), env=env, ready=socket.exists,
                               url=f"unix:{socket}", marker=f"--socket {socket}")
 
@@ -306,8 +311,9 @@ class Federation:
     def run(self, run_config: Mapping[str, Any], *, timeout_s: float = 1800.0) -> Path:
         """Run the app to completion (``flwr run --stream``); returns the ServerApp log file.
 
-        ``run_config`` overrides the app's ``[tool.flwr.app.config]`` (written as a TOML file:
-        JSON strings such as ``model-config`` do not survive the inline form).
+        ``run_config`` overrides the app's ``[tool.flwr.app.config]`` (its keys; the SuperLink
+        refuses others by name), written as a TOML file: JSON strings such as ``model-config``
+        do not survive the inline form.
         """
         overrides = self.root / "run-config.toml"
         overrides.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in run_config.items()))
@@ -337,11 +343,6 @@ def toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     return json.dumps(str(value))
-
-
-def app_run_config(app_dir: Path = APP_DIR) -> dict[str, Any]:
-    """The app's default run config (``[tool.flwr.app.config]``)."""
-    return dict(tomllib.loads((app_dir / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
 
 
 def _spawned_by(root: int) -> list[int]:
@@ -409,4 +410,4 @@ def _running(pid: int) -> bool:
 
 
 __all__ = ["CONNECTION", "APP_DIR", "FLOWER_ENV", "FederationError", "SiteNode", "Federation", "stop_tree",
-           "app_run_config", "toml_value"]
+           "toml_value"]

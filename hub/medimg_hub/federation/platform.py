@@ -56,8 +56,22 @@ def platform_federation(settings: Settings) -> Federation:
                       tls=fed.tls, auth=fed.node_auth)
 
 
+#: ``[federation]`` key → the Flower app's run-config key (``[tool.flwr.app.config]`` of
+#: ``federated/pyproject.toml``, the run config's one schema). The only place the operator's names
+#: meet the app's; ``expected-nodes``, ``tracking-uri`` and ``model-name`` come from elsewhere (below).
+RUN_CONFIG_KEYS = {
+    "rounds": "num-server-rounds", "local_epochs": "local-epochs", "strategy": "strategy",
+    "proximal_mu": "proximal-mu", "min_nodes": "min-nodes", "fraction": "fraction",
+    "round_timeout_s": "round-timeout", "dp": "dp", "dp_noise_multiplier": "dp-noise-multiplier",
+    "dp_clipping_norm": "dp-clipping-norm", "experiment": "experiment", "model_alias": "alias",
+}
+
+
 def run_config(settings: Settings, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The Flower run config from ``[federation]`` and ``[mlflow]``; ``overrides`` (run-config keys) win.
+
+    Keys are the app's (:data:`RUN_CONFIG_KEYS`); the app checks them and their types against its
+    schema (``medimg_federated.config``), and the SuperLink refuses a key the schema lacks, by name.
 
     Raises
     ------
@@ -66,14 +80,10 @@ def run_config(settings: Settings, overrides: Mapping[str, Any] | None = None) -
     """
     fed = settings.federation
     n_sites = len(taking_part(settings))
-    config: dict[str, Any] = {
-        "num-server-rounds": fed.rounds, "local-epochs": fed.local_epochs, "strategy": fed.strategy,
-        "proximal-mu": fed.proximal_mu, "min-nodes": fed.min_nodes, "fraction": fed.fraction,
-        "expected-nodes": n_sites, "round-timeout": fed.round_timeout_s, "dp": fed.dp,
-        "dp-noise-multiplier": fed.dp_noise_multiplier, "dp-clipping-norm": fed.dp_clipping_norm,
-        "tracking-uri": settings.mlflow_tracking_uri, "experiment": fed.experiment,
-        "model-name": settings.mlflow.registered_model, "alias": fed.model_alias,
-    } | dict(overrides or {})
+    config: dict[str, Any] = {app_key: getattr(fed, key) for key, app_key in RUN_CONFIG_KEYS.items()}
+    config |= {"expected-nodes": n_sites, "tracking-uri": settings.mlflow_tracking_uri,
+               "model-name": settings.mlflow.registered_model}
+    config |= dict(overrides or {})
     if int(config["min-nodes"]) > n_sites:
         raise ConfigurationError(f"[federation] min_nodes={config['min-nodes']} exceeds the {n_sites} taking-part "
                                  "sites: no round could start; lower it or add datasets")
@@ -100,4 +110,5 @@ def fl_down(settings: Settings) -> None:
     platform_federation(settings).down()
 
 
-__all__ = ["taking_part", "site_node_configs", "platform_federation", "run_config", "fl_up", "fl_run", "fl_down"]
+__all__ = ["taking_part", "site_node_configs", "platform_federation", "RUN_CONFIG_KEYS", "run_config", "fl_up",
+           "fl_run", "fl_down"]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from medimg_kernel.errors import ConfigurationError
 
-#: Strategies and differential-privacy modes the federated app offers (``federated/task.py``).
+#: Strategies and differential-privacy modes the federated app offers (``medimg_federated.config``).
 FEDERATION_STRATEGIES = ("fedavg", "fedprox")
 FEDERATION_DP_MODES = ("none", "server", "client")
 
@@ -21,7 +21,9 @@ class FederationSettings:
 
     A SuperLink and one SuperNode per taking-part dataset run on this machine; each site reads
     only its own dataset's studies from the platform PACS. ``medimg fl run`` turns these
-    settings into the Flower run config; its command-line options override them.
+    settings into the Flower run config (keys of ``[tool.flwr.app.config]`` in
+    ``federated/pyproject.toml``; the mapping is ``medimg_hub.federation.platform.RUN_CONFIG_KEYS``);
+    its command-line options override them.
     """
 
     #: The SuperLink's one HTTP(S) port on 127.0.0.1. Flower 1.41 serves the Fleet API (sites),

@@ -7,14 +7,15 @@ directly, once per site and message, so the ServerApp, strategies, DP wrappers, 
 mods and MLflow tracking run unchanged — only the transport differs. Sites are served in
 turn (no parallelism, no per-message process: data and imports are reused between rounds),
 which is what makes it quick for experiments; deployment behaviour (timeouts, lost nodes,
-TLS, authentication) needs :mod:`medimg_hub.federation.deployment`.
+TLS, authentication) needs the platform's deployment (``medimg fl up``/``medimg fl run``).
+
+Part of the app package (it drives the app's own ``ServerApp`` and ``ClientApp``); notebooks and
+benchmarks import it as ``medimg_federated.simulation`` with ``federated/`` on ``PYTHONPATH``.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,11 +29,9 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from .config import resolve
+
 logger = logging.getLogger(__name__)
-
-#: The Flower app of this repository.
-APP_DIR = Path(__file__).resolve().parents[3] / "federated"
-
 
 @dataclass(frozen=True)
 class SimulatedSite:
@@ -98,20 +97,12 @@ class InProcessGrid(Grid):
         return self.pull_messages(self.push_messages(messages))
 
 
-def load_app(app_dir: Path = APP_DIR) -> tuple[Any, Any]:
-    """The app's ``(server_app.app, client_app.app)``, imported from ``app_dir`` (flat modules)."""
-    if str(app_dir) not in sys.path:
-        sys.path.insert(0, str(app_dir))
-    server = importlib.import_module("server_app")
-    client = importlib.import_module("client_app")
-    return server.app, client.app
+def load_app() -> tuple[Any, Any]:
+    """The app's ``(server_app.app, client_app.app)``."""
+    from .client_app import app as client_app
+    from .server_app import app as server_app
 
-
-def default_run_config(app_dir: Path = APP_DIR) -> dict[str, Any]:
-    """``[tool.flwr.app.config]`` of the app's ``pyproject.toml``."""
-    import tomllib
-    raw = tomllib.loads((app_dir / "pyproject.toml").read_text())
-    return dict(raw["tool"]["flwr"]["app"]["config"])
+    return server_app, client_app
 
 
 def folder_sites(folder: Path) -> list[dict[str, str]]:
@@ -119,8 +110,7 @@ def folder_sites(folder: Path) -> list[dict[str, str]]:
     return [{"site": p.name, "folder": str(p)} for p in sorted(Path(folder).iterdir()) if p.is_dir()]
 
 
-def simulate(sites: Sequence[Mapping[str, str]], run_config: Mapping[str, Any], *,
-             app_dir: Path = APP_DIR) -> None:
+def simulate(sites: Sequence[Mapping[str, str]], run_config: Mapping[str, Any]) -> None:
     """Run the federated app on ``sites`` (node configs) in this process.
 
     Parameters
@@ -129,10 +119,16 @@ def simulate(sites: Sequence[Mapping[str, str]], run_config: Mapping[str, Any], 
         One node config per site: ``{"site": name, "folder": path}`` or with ``dicomweb-url``
         and ``credentials-file``.
     run_config
-        Overrides of the app's run config (e.g. ``num-server-rounds``, ``tracking-uri``).
+        Overrides of the app's run config (keys of ``[tool.flwr.app.config]``, e.g.
+        ``num-server-rounds``, ``tracking-uri``).
+
+    Raises
+    ------
+    ConfigurationError
+        An unknown run-config key (named), or a value of the wrong type.
     """
-    config = default_run_config(app_dir) | dict(run_config)
-    server_app, client_app = load_app(app_dir)
+    config = resolve(run_config)
+    server_app, client_app = load_app()
     grid = InProcessGrid(client_app, [SimulatedSite(i + 1, s) for i, s in enumerate(sites)], config)
     # What the ServerApp process of a deployment gets from its SuperLink (messages need it).
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1
@@ -140,5 +136,4 @@ def simulate(sites: Sequence[Mapping[str, str]], run_config: Mapping[str, Any], 
     server_app(grid, context)
 
 
-__all__ = ["APP_DIR", "SimulatedSite", "InProcessGrid", "load_app", "default_run_config", "folder_sites",
-           "simulate"]
+__all__ = ["SimulatedSite", "InProcessGrid", "load_app", "folder_sites", "simulate"]

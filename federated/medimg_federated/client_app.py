@@ -3,7 +3,7 @@
 Each SuperNode is started with its site's node config (``site``, ``dicomweb-url`` +
 ``credentials-file``, or ``folder``); images never leave the site, only weights and metrics.
 With ``worker-socket`` in the node config the message is forwarded to the site's warm worker
-(:mod:`site_worker`) and this process never imports torch; otherwise :mod:`task` does the work here.
+(:mod:`.site_worker`) and this process never imports torch; otherwise :mod:`.task` does the work here.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 
-from site_worker import forward
+from .site_worker import forward
 
 
 def clip_when_asked(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -43,6 +43,6 @@ def evaluate(message: Message, context: Context) -> Message:
 def _answer(message: Message, context: Context, *, train: bool) -> Message:
     if "worker-socket" in context.node_config:
         return forward(message, context, train=train)
-    from task import handle_message  # torch, MONAI and the site's data, in this process
+    from .task import handle_message  # torch, MONAI and the site's data, in this process
 
     return handle_message(message, context, train=train)

@@ -28,8 +28,11 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from site_worker import EVALUATE_FIRST, EVALUATION_RECORD
-from task import ConfigurationError, FederatedTracker, RunSettings, from_record, initial_arrays, split_replies
+from medimg_kernel.errors import ConfigurationError
+
+from .config import RunSettings
+from .records import EVALUATE_FIRST, EVALUATION_RECORD, from_record, split_replies
+from .task import FederatedTracker, initial_arrays, segmentation_config
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +177,7 @@ def run_federation(grid: Grid, settings: RunSettings) -> None:
         raise ConfigurationError("run config tracking-uri is empty: give the MLflow server's URL or "
                                  "sqlite:///path/to/mlflow.db (medimg fl run sets it from the platform settings)")
     tracker = FederatedTracker(settings.tracking_uri, settings.experiment, settings.run_name or None)
-    tracker.start({k.replace("_", "-"): v for k, v in vars(settings).items()})
+    tracker.start(settings.as_run_config())
     strategy = build_strategy(settings, tracker)
 
     def checkpoint(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -190,7 +193,7 @@ def run_federation(grid: Grid, settings: RunSettings) -> None:
             raise RuntimeError("no site returned weights in any round; nothing to register "
                                f"(see failures.txt of MLflow run {tracker.run_id})")
         if settings.register:
-            tracker.register(from_record(result.arrays), settings.segmentation_config(),
+            tracker.register(from_record(result.arrays), segmentation_config(settings),
                              model_name=settings.model_name, alias=settings.alias or None,
                              rounds=settings.num_server_rounds, strategy=settings.strategy + f"+dp={settings.dp}")
     except BaseException:

@@ -8,9 +8,10 @@ forwards the message over a Unix socket (in a 0700 folder, connections authentic
 key in a 0600 file); the worker keeps the imports, and the site's training pairs for the
 current run, in memory. Without a worker the ClientApp does the work itself (simulation mode).
 
-This module imports only Flower's record types, numpy and the standard library; the worker
-imports :mod:`task` when it starts. Run a worker with
-``python site_worker.py --socket PATH --key-file PATH`` (``medimg_hub.federation.deployment`` does).
+This module imports only Flower's record types, numpy and the standard library (through
+:mod:`.records`); the worker imports :mod:`.task` when it starts. Run a worker with ``federated/`` on ``PYTHONPATH``:
+``python -m medimg_federated.site_worker --socket PATH --key-file PATH`` (the platform's
+``medimg fl up`` does).
 """
 
 from __future__ import annotations
@@ -18,71 +19,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from dataclasses import dataclass, field
 from multiprocessing.connection import Client, Listener
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message
+
+from .records import SiteReply, WorkRequest
 
 logger = logging.getLogger(__name__)
 
 #: Error code of a reply the worker could not produce (an unexpected exception; see its log).
 WORKER_FAILED = 1004
-#: Train-config key: evaluate the received global model on the hold-out before training.
-EVALUATE_FIRST = "evaluate-first"
-#: Reply record (a ConfigRecord, so Flower's aggregation still sees one MetricRecord) holding that
-#: evaluation in a train reply.
-EVALUATION_RECORD = "evaluation"
-
-
-@dataclass(frozen=True)
-class WorkRequest:
-    """One train or evaluate message, as plain values (what crosses the socket)."""
-
-    train: bool
-    arrays: dict[str, np.ndarray]
-    sent_config: dict[str, Any]
-    run_id: int
-    node_id: int
-    run_config: dict[str, Any]
-    node_config: dict[str, Any]
-
-    @classmethod
-    def from_message(cls, message: Message, context: Context, *, train: bool) -> WorkRequest:
-        record = next(iter(message.content.array_records.values()))
-        sent = message.content.config_records.get("config", ConfigRecord())
-        return cls(train, {name: array.numpy() for name, array in record.items()}, dict(sent), context.run_id,
-                   context.node_id, dict(context.run_config), dict(context.node_config))
-
-
-@dataclass(frozen=True)
-class SiteReply:
-    """A site's answer: metrics (and weights after training), or a refusal (``error_code`` > 0).
-
-    ``evaluation``: in a train reply, the hold-out metrics of the *received* model (asked with
-    :data:`EVALUATE_FIRST`), sent as the :data:`EVALUATION_RECORD` ConfigRecord.
-    """
-
-    site: str = ""
-    metrics: dict[str, float] = field(default_factory=dict)
-    arrays: dict[str, np.ndarray] | None = None
-    evaluation: dict[str, float] | None = None
-    error_code: int = 0
-    error_reason: str = ""
-
-    def to_message(self, message: Message) -> Message:
-        """The Flower reply to ``message``."""
-        if self.error_code:
-            return Message(Error(code=self.error_code, reason=self.error_reason), reply_to=message)
-        content = RecordDict({"metrics": MetricRecord(dict(self.metrics)), "site": ConfigRecord({"site": self.site})})
-        if self.arrays is not None:
-            content["arrays"] = ArrayRecord(
-                array_dict={name: Array(np.ascontiguousarray(a)) for name, a in self.arrays.items()})
-        if self.evaluation is not None:
-            content[EVALUATION_RECORD] = ConfigRecord(dict(self.evaluation))
-        return Message(content=content, reply_to=message)
 
 
 def _address(node_config: dict[str, Any]) -> tuple[str, bytes]:
@@ -102,7 +50,7 @@ def forward(message: Message, context: Context, *, train: bool) -> Message:
 def serve(socket: Path, key_file: Path) -> None:
     """Answer :class:`WorkRequest` objects on ``socket`` until terminated; the site's data is
     kept for the current run and dropped when a request of another run arrives."""
-    import task  # torch, MONAI, medimg_kernel: once per worker
+    from . import task  # torch, MONAI, medimg_kernel: once per worker
     from medimg_kernel.federated import clear_site_cache
 
     socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
