@@ -47,11 +47,11 @@ from mlflow import MlflowClient
 
 from benchlib import write_result
 from medimg_federated.simulation import simulate
-from medimg_hub.demo.sites import generate_demo
+from medimg_kernel.phantom.demo import generate_demo
 from medimg_hub.federation.deployment import APP_DIR, Federation, SiteNode
 from medimg_hub.servers.process import free_port
 from medimg_hub.settings.federation import FederationSettings
-from medimg_kernel.federated import SiteConfig, load_site_data
+from medimg_kernel.federation import SiteConfig, load_site_data
 from medimg_kernel.model import SegmentationModelConfig, build_network
 from medimg_kernel.training import train_epochs, validate
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import write_result  # noqa: E402
 
 import medimg_kernel as mk  # noqa: E402
-from medimg_hub.demo.sites import generate_demo  # noqa: E402
+from medimg_kernel.phantom.demo import generate_demo  # noqa: E402
 from medimg_hub.pacs.ingest import ingest_files  # noqa: E402
 from medimg_hub.pacs.orthanc import OrthancServer  # noqa: E402
 from medimg_hub.servers.process import free_port  # noqa: E402

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from benchlib import write_result
-from medimg_hub.demo.sites import generate_demo
+from medimg_kernel.phantom.demo import generate_demo
 from medimg_hub.pacs.ingest import ingest_files
 from medimg_hub.pacs.orthanc import OrthancServer
 from medimg_hub.servers.process import free_port

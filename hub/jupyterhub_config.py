@@ -115,7 +115,8 @@ c.Spawner.environment = {
     # Kernels reach images only through the platform's gateway, with their server's hub token,
     # on the service's own port (medimg_hub.hubconf.routes: the proxy halves WADO throughput).
     **kernel_environment(settings),
-    "PYTHONPATH": str(REPO_ROOT),  # the kernel side only: never hub/ (the trust boundary)
+    # the kernel side only (medimg_kernel, the Flower app): never hub/ (the trust boundary)
+    "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "federated")]),
 }
 c.JupyterHub.allow_named_servers = False
 

@@ -77,13 +77,14 @@ fi
 # Users' servers and kernels run .venv-users: Debian's python3.11 (executable by every OS account,
 # unlike a Python under /root) over .venv's packages, added as a plain path so that .venv's .pth
 # files are not processed: the project's editable install, which maps medimg_hub, stays out. The
-# repository root is added instead: medimg_kernel and medimg_voila, never hub/ (the trust boundary).
+# repository root and federated/ are added instead: medimg_kernel, medimg_voila and the Flower app
+# (medimg_federated), never hub/ (the trust boundary).
 site_dir=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 if [ ! -x .venv-users/bin/python ]; then
   say "creating .venv-users (Debian python3.11 over .venv's packages, kernel side only) for users' servers"
   /usr/bin/python3.11 -m venv --without-pip .venv-users
 fi
-printf '%s\n%s\n' "$site_dir" "$(pwd)" > .venv-users/lib/python3.11/site-packages/medimg-project.pth
+printf '%s\n%s\n%s\n' "$site_dir" "$(pwd)" "$(pwd)/federated" > .venv-users/lib/python3.11/site-packages/medimg-project.pth
 mkdir -p .venv-users/share .venv-users/etc  # Jupyter's data (Voila templates, Lab assets) and config (server extensions)
 ln -sfn "$(pwd)/.venv/share/jupyter" .venv-users/share/jupyter
 ln -sfn "$(pwd)/.venv/etc/jupyter" .venv-users/etc/jupyter

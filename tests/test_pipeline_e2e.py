@@ -15,7 +15,7 @@ import nbformat
 import pytest
 import requests
 
-from medimg_hub.demo.sites import generate_demo
+from medimg_kernel.phantom.demo import generate_demo
 from medimg_hub.pacs.ingest import ingest_files
 from medimg_hub.tracking.server import credentials as mlflow_credentials
 from medimg_hub.pacs.orthanc import OrthancServer

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from medimg_hub.demo.sites import generate_demo
+from medimg_kernel.phantom.demo import generate_demo
 from medimg_hub.demo.users import ensure_demo_users
 from medimg_hub.servers.jupyterhub import JupyterHubServer
 from medimg_hub.pacs.ingest import ingest_files

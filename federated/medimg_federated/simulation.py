@@ -29,6 +29,8 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from medimg_kernel.errors import ConfigurationError
+
 from .config import resolve
 
 logger = logging.getLogger(__name__)
@@ -106,8 +108,22 @@ def load_app() -> tuple[Any, Any]:
 
 
 def folder_sites(folder: Path) -> list[dict[str, str]]:
-    """Node configs for a folder holding one subfolder of DICOM files per site (as the demo writes)."""
-    return [{"site": p.name, "folder": str(p)} for p in sorted(Path(folder).iterdir()) if p.is_dir()]
+    """Node configs for a folder holding one subfolder of DICOM files per site (as the demo writes).
+
+    Raises
+    ------
+    ConfigurationError
+        ``folder`` is not a folder, or holds no site subfolder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigurationError(f"sites folder {folder} is not a folder: give one subfolder of DICOM files per "
+                                 "site (`medimg up` writes the demo sites to var/demo; "
+                                 "medimg_kernel.phantom.generate_demo makes them anywhere)")
+    sites = [{"site": p.name, "folder": str(p)} for p in sorted(folder.iterdir()) if p.is_dir()]
+    if not sites:
+        raise ConfigurationError(f"sites folder {folder} holds no site subfolder")
+    return sites
 
 
 def simulate(sites: Sequence[Mapping[str, str]], run_config: Mapping[str, Any]) -> None:

@@ -51,7 +51,7 @@ def serve(socket: Path, key_file: Path) -> None:
     """Answer :class:`WorkRequest` objects on ``socket`` until terminated; the site's data is
     kept for the current run and dropped when a request of another run arrives."""
     from . import task  # torch, MONAI, medimg_kernel: once per worker
-    from medimg_kernel.federated import clear_site_cache
+    from medimg_kernel.federation import clear_site_cache
 
     socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     socket.unlink(missing_ok=True)

@@ -2,7 +2,7 @@
 
 Run config (``[tool.flwr.app.config]`` in ``pyproject.toml``, override with ``flwr run -c``)
 is read once into :class:`~.config.RunSettings`; node config (one per SuperNode: which PACS is
-this site's) into :class:`medimg_kernel.federated.SiteConfig`.
+this site's) into :class:`medimg_kernel.federation.SiteConfig`.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Any
 from flwr.app import ArrayRecord, Context, Message
 
 from medimg_kernel.errors import ConfigurationError
-from medimg_kernel.federated import (
+from medimg_kernel.federation import (
     ArchitectureMismatchError, NoTrainingDataError, SiteConfig, load_site_data, local_evaluate, local_train,
     network_from_arrays, round_learning_rate, state_arrays,
 )
-from medimg_kernel.federated_tracking import FederatedTracker
+from medimg_kernel.federation import FederatedTracker
 from medimg_kernel.model import SegmentationModelConfig, build_network
 
 from .config import RunSettings

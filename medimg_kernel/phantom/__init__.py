@@ -12,10 +12,13 @@ field of view, noise and (one of them) an oblique grid.
 * :mod:`.imaging`: :func:`make_phantom`, blur and noise.
 * :mod:`.sites`: the sites' acquisition profiles (:class:`SiteProfile`, :data:`DEFAULT_SITES`,
   :func:`site_profiles`).
+* :mod:`.demo`: the demo sites on disk, as DICOM CT series with ground-truth SEGs
+  (:func:`~.demo.generate_demo`; what ``make up`` loads, and what tests and notebooks generate).
 
 Every public name of these modules that callers use is importable from here. Modules
 import in one direction (``imaging`` → ``sampling`` → ``anatomy``; ``imaging`` → ``sites``)
-and, outside this package, only :mod:`medimg_kernel.errors` and :mod:`medimg_kernel.volume`;
+and, outside this package, only :mod:`medimg_kernel.errors` and :mod:`medimg_kernel.volume`
+(:mod:`.demo` also writes DICOM with :mod:`medimg_kernel.synthetic` and, lazily, :mod:`medimg_kernel.seg`);
 never :mod:`medimg_hub`. Everything here is synthetic; no real patient data is used.
 """
 

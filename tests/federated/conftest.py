@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from medimg_hub.demo.sites import generate_demo
+from medimg_kernel.phantom.demo import generate_demo
 
 try:
     from medimg_federated.task import TINY_MODEL

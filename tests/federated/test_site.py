@@ -7,7 +7,7 @@ import pytest
 
 from medimg_kernel.client import DICOMfolderClient
 from medimg_kernel.errors import ConfigurationError
-from medimg_kernel.federated import (
+from medimg_kernel.federation import (
     ArchitectureMismatchError, SiteConfig, load_state_arrays, round_learning_rate, state_arrays,
 )
 from medimg_kernel.model import SegmentationModelConfig, build_network

@@ -67,7 +67,7 @@ def user_readable_python(root: Path) -> str:
     if not (env_dir / "bin" / "python").exists():
         subprocess.run(["/usr/bin/python3.11", "-m", "venv", "--without-pip", str(env_dir)], check=True)
         site = env_dir / "lib" / "python3.11" / "site-packages"
-        (site / "medimg-project.pth").write_text(f"{VENV_SITE}\n{REPO}\n")
+        (site / "medimg-project.pth").write_text(f"{VENV_SITE}\n{REPO}\n{REPO / 'federated'}\n")
         (env_dir / "share").mkdir(exist_ok=True)
         (env_dir / "share" / "jupyter").symlink_to(VENV_SITE.parents[2] / "share" / "jupyter")
     return str(env_dir / "bin" / "python")

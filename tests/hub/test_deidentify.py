@@ -10,7 +10,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from medimg_hub.demo.sites import generate_demo
+from medimg_kernel.phantom.demo import generate_demo
 from medimg_hub.pacs.deidentify import check_export, export_deidentified
 from medimg_hub.pacs.ingest import ingest_files
 from medimg_kernel.deid import DeidentificationOptions, deidentify, find_identifying

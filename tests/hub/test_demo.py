@@ -1,4 +1,4 @@
-"""Tests of medimg_hub.demo.sites: files, UIDs, manifest, idempotency, and (when available) the real SEG."""
+"""Tests of medimg_kernel.phantom.demo: files, UIDs, manifest, idempotency, and (when available) the real SEG."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from medimg_hub.demo.sites import MANIFEST_NAME, DemoManifest, generate_demo
+from medimg_kernel.phantom.demo import MANIFEST_NAME, DemoManifest, generate_demo
 from medimg_kernel.errors import ConfigurationError
 from medimg_kernel.phantom import DEFAULT_SITES, SEGMENT_LABELS, make_phantom
 from medimg_kernel.volume import Volume

@@ -16,7 +16,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from medimg_hub.demo.sites import generate_demo
+from medimg_kernel.phantom.demo import generate_demo
 from medimg_hub.pacs.ingest import ingest_files
 from medimg_kernel.client import DICOMfolderClient
 from medimg_kernel.datasets import SkippedStudy, holdout_score, load_training_pairs, split_holdout

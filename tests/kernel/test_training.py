@@ -22,7 +22,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from medimg_hub.demo.sites import generate_demo
+from medimg_kernel.phantom.demo import generate_demo
 from medimg_kernel.client import DICOMfolderClient
 from medimg_kernel.datasets import TrainingPair
 from medimg_kernel.errors import MedImgError, ModelNotFoundError

@@ -101,7 +101,7 @@ def _print_logins(settings: Settings, created: dict[str, str]) -> None:
 def _load_demo(settings: Settings, pacs: OrthancServer) -> None:
     from tqdm import tqdm
 
-    from medimg_hub.demo.sites import generate_demo
+    from medimg_kernel.phantom.demo import generate_demo
     from medimg_hub.pacs.ingest import ingest_files
 
     out_dir = settings.var_dir / "demo"

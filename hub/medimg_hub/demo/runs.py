@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 
-from medimg_hub.demo.sites import DemoManifest
+from medimg_kernel.phantom.demo import DemoManifest
 from medimg_hub.pacs.orthanc import OrthancServer
 from medimg_hub.pipeline.models import TaskRecord
 from medimg_hub.pipeline.service import RunTarget, TaskService
