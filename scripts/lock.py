@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import importlib.metadata as metadata
 import sys
 import tomllib
@@ -54,6 +55,18 @@ class LockError(Exception):
 
 def _cuda(canon: str) -> bool:
     return canon.startswith("nvidia-") or canon in {"triton", "pytorch-triton"}
+
+
+@functools.cache
+def installed() -> dict[str, tuple[str, str, tuple[Requirement, ...]]]:
+    """{canonical name: (name, version, requirements)} of the running environment's distributions
+    (the first on sys.path wins, as for import)."""
+    found: dict[str, tuple[str, str, tuple[Requirement, ...]]] = {}
+    for dist in metadata.distributions():
+        meta = dist.metadata
+        requires = tuple(Requirement(line) for line in meta.get_all("Requires-Dist") or [])
+        found.setdefault(canonicalize_name(meta["Name"]), (meta["Name"], dist.version, requires))
+    return found
 
 
 def _applies(marker: Marker | None, extras: set[str]) -> bool:
@@ -99,23 +112,20 @@ def closure(project: Project, room: str) -> dict[str, tuple[str, str]]:
             continue
         if _cuda(canon):
             raise LockError(f"{req} (required by {parent}) is a CUDA package: install torch's CPU build first")
-        try:
-            dist = metadata.distribution(req.name)
-        except metadata.PackageNotFoundError:
-            raise LockError(f"{req} (required by {parent}) is not installed") from None
-        if not req.specifier.contains(dist.version, prereleases=True):
-            raise LockError(f"{parent} requires {req}, but {dist.metadata['Name']} {dist.version} is installed")
+        found = installed().get(canon)
+        if found is None:
+            raise LockError(f"{req} (required by {parent}) is not installed")
+        name, version, requires = found
+        if not req.specifier.contains(version, prereleases=True):
+            raise LockError(f"{parent} requires {req}, but {name} {version} is installed")
         first = canon not in done_extras
         new = {canonicalize_name(e) for e in req.extras} - done_extras.get(canon, set())
         if not first and not new:
             continue
         done_extras.setdefault(canon, set()).update(new)
-        pinned[canon] = (dist.metadata["Name"], Version(dist.version).public)
+        pinned[canon] = (name, Version(version).public)
         evaluate = new | ({""} if first else set())
-        for line in dist.requires or []:
-            dep = Requirement(line)
-            if _applies(dep.marker, evaluate):
-                todo.append((dep, dist.metadata["Name"]))
+        todo += [(dep, name) for dep in requires if _applies(dep.marker, evaluate)]
     return pinned
 
 
