@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.root / "requirements").mkdir(exist_ok=True)
     for path, text in files.items():
         (args.root / path).write_text(text)
-        print(f"wrote {path}" + (f" ({text.count('==') } pins)" if path.endswith(".lock") else ""))
+        print(f"wrote {path}" + (f" ({sum(not l.startswith('#') for l in text.splitlines())} pins)" if path.endswith(".lock") else ""))
     return 0
 
 
