@@ -44,7 +44,7 @@ fi
 PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || { say "creating .venv with $PY"; "$PY" -m venv .venv; }
 stamp=.venv/.medimg-installed
-want=$(cat requirements.lock pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
+want=$(cat requirements.lock requirements/*.lock pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   torch_index=(); [ -n "${TORCH_INDEX_URL:-}" ] && torch_index=(--index-url "$TORCH_INDEX_URL")
@@ -63,7 +63,8 @@ PYEOF
     say "installing torch 2.13.0 (CPU build)"
     .venv/bin/python -m pip install -q "${torch_index[@]}" torch==2.13.0
   fi
-  say "installing Python dependencies (requirements.lock)"
+  # requirements.lock is every room together (requirements/*.lock, written by scripts/lock.py): CI needs all
+  say "installing Python dependencies (requirements.lock: every room)"
   .venv/bin/python -m pip install -q -r requirements.lock
   .venv/bin/python -m pip install -q --no-deps -e . > .venv/editable-install.log 2>&1 \
     || { cat .venv/editable-install.log; exit 1; }
