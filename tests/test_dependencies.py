@@ -20,7 +20,7 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOMS = ("kernel", "hub", "federated", "bench", "test")
-FIRST_PARTY = {"medimg_kernel", "medimg_voila", "medimg_hub"}
+FIRST_PARTY = {"medimg_kernel", "medimg_voila", "medimg_hub", "medimg_federated"}
 
 
 def _load_lock_script():
@@ -157,9 +157,15 @@ def test_kernel_side_imports_are_in_kernel_lock(graph):
 
 def test_hub_imports_are_in_hub_and_federated_locks(graph):
     imports = third_party_imports(graph, {"medimg_hub"})
-    assert {"celery", "sqlalchemy", "flwr", "ldapauthenticator"} <= imports
+    assert {"celery", "sqlalchemy", "alembic", "ldapauthenticator"} <= imports
     names = locked(ROOT / "requirements" / "hub.lock") | locked(ROOT / "requirements" / "federated.lock")
     assert unlocked(imports, names) == {}
+
+
+def test_the_flower_apps_imports_are_in_federated_lock(graph):
+    imports = third_party_imports(graph, {"medimg_federated"})
+    assert {"flwr", "numpy"} <= imports
+    assert unlocked(imports, locked(ROOT / "requirements" / "federated.lock")) == {}
 
 
 def test_an_unlocked_import_is_reported(graph):
