@@ -17,6 +17,7 @@ from medimg_hub.hubconf.roles import MLFLOW_SERVICE, PLATFORM_SERVICE, ROLE_GROU
 from medimg_hub.hubconf.routes import kernel_environment
 from medimg_hub.hubconf.state import proxy_command
 from medimg_hub.hubconf.users import secure_state_dir
+from medimg_hub.servers.logs import KEY_FILE_ENV, key_file
 from medimg_hub.settings import CONFIG_ENV_VAR, MLFLOW_PREFIX, REPO_ROOT, load_settings
 
 c = get_config()  # noqa: F821 - provided by JupyterHub when it loads this file
@@ -38,7 +39,11 @@ c.JupyterHub.hub_ip = LOOPBACK
 c.JupyterHub.hub_port = hub.api_port
 c.ConfigurableHTTPProxy.should_start = True
 c.ConfigurableHTTPProxy.api_url = f"http://{LOOPBACK}:{hub.proxy_api_port}"
-c.ConfigurableHTTPProxy.command = proxy_command()
+c.ConfigurableHTTPProxy.command = proxy_command()  # its output passes medimg_hub.servers.logs: no UIDs
+# No DICOM UIDs in the hub's log: the hub's own lines and the proxy's output (which names the URLs it
+# fails to proxy) pass medimg_hub.servers.logs, which turns UIDs into keyed pseudonyms.
+os.environ[KEY_FILE_ENV] = str(key_file(settings.var_dir))
+c.JupyterHub.logging_config = {"formatters": {"console": {"()": "medimg_hub.servers.logs.redacting_formatter"}}}
 c.ConfigurableHTTPProxy.pid_file = str(state.proxy_pid_file)
 # Users' servers are stopped with the hub (`medimg down` leaves nothing running).
 c.JupyterHub.cleanup_servers = True

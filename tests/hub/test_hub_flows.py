@@ -197,3 +197,16 @@ def test_unknown_and_known_user_names_take_the_same_time_to_refuse(hub):
     unknown = sorted(refusal_s(f"nobody-{i}") for i in range(3))
     # both pay one bcrypt check (~0.25 s here); before, unknown names were refused ~25x faster
     assert 0.5 < unknown[1] / known[1] < 2.0, (known, unknown)
+
+
+def test_the_hubs_log_holds_no_dicom_uids(hub):
+    """Request URLs can carry Study/Series UIDs; the hub's log (the hub and its proxy) holds pseudonyms."""
+    uid = "1.2.826.0.1.3680043.8.498.99887766554433221100"
+    requests.get(f"{hub.url}/user/engineer1/files/studies/{uid}/series", timeout=10, allow_redirects=False)
+    requests.get(f"{hub.url}/hub/api/users/{uid}", timeout=10)
+    deadline = time.monotonic() + 10
+    while "uid:" not in Path(hub.log_file).read_text(errors="replace") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    log = Path(hub.log_file).read_text(errors="replace")
+    assert "uid:" in log, hub_log_tail(hub)  # the requests were logged, with their UIDs replaced
+    assert uid not in log

@@ -178,3 +178,50 @@ def test_mlflow_itself_refuses_callers_without_the_platform_account(hub: Hub) ->
 
     allowed = plain.post(direct, json={"max_results": 1}, timeout=10, auth=credentials(settings))
     assert allowed.status_code == 200
+
+
+def test_moving_the_clinical_alias_is_an_approval(hub: Hub, admin_token: str) -> None:
+    """Engineers register models and set their own aliases; the alias clinical pipelines load
+    (``champion``) moves only by a director's or an admin's request, and the move is audited."""
+    engineer = {"Authorization": f"Bearer {token_of(hub, admin_token, 'engineer1')}"}
+    director = {"Authorization": f"Bearer {token_of(hub, admin_token, 'director1')}"}
+    base = f"{mlflow_url(hub)}/{API}"
+    name = f"organ-model-{secrets.token_hex(3)}"
+    assert requests.post(f"{base}/registered-models/create", json={"name": name}, headers=engineer,
+                         timeout=30).status_code == 200
+    experiment = requests.post(f"{base}/experiments/create", json={"name": name}, headers=engineer, timeout=30)
+    run = requests.post(f"{base}/runs/create", json={"experiment_id": experiment.json()["experiment_id"]},
+                        headers=engineer, timeout=30).json()["run"]["info"]
+    for _ in range(2):
+        version = requests.post(f"{base}/model-versions/create", headers=engineer, timeout=30, json={
+            "name": name, "source": f"{run['artifact_uri']}/model", "run_id": run["run_id"]})
+        assert version.status_code == 200, version.text
+    clinical = hub.settings.mlflow.model_alias
+    assert clinical == "champion"
+
+    def set_alias(headers: dict[str, str], alias: str, version: str, ajax: bool = False) -> requests.Response:
+        prefix = f"{mlflow_url(hub)}/ajax-api/2.0/mlflow" if ajax else base
+        return requests.post(f"{prefix}/registered-models/alias", json={"name": name, "alias": alias,
+                                                                          "version": version},
+                             headers=headers, timeout=30)
+
+    def alias_version(alias: str) -> str | None:
+        found = requests.get(f"{base}/registered-models/get", params={"name": name}, headers=director, timeout=30)
+        aliases = {a["alias"]: a["version"] for a in found.json()["registered_model"].get("aliases", [])}
+        return aliases.get(alias)
+
+    assert set_alias(engineer, "candidate", "2").status_code == 200  # any other alias: engineers may
+    assert set_alias(engineer, clinical, "2").status_code == 403
+    assert set_alias(engineer, clinical, "2", ajax=True).status_code == 403  # the UI's route too
+    assert alias_version(clinical) is None
+    assert set_alias(director, clinical, "1").status_code == 200
+    assert alias_version(clinical) == "1"
+    deleted = requests.delete(f"{base}/registered-models/alias", params={"name": name, "alias": clinical},
+                              headers=engineer, timeout=30)
+    assert deleted.status_code == 403 and alias_version(clinical) == "1"
+    assert set_alias(engineer, clinical, "not-a-version").status_code == 403  # refused before MLflow sees it
+    rows = AuditLog(make_engine(hub.settings.database_url)).query(action="mlflow", limit=500)
+    moves = [(r.user, r.outcome.value, r.detail) for r in rows if f"model '{name}'" in (r.detail or "")]
+    assert ("director1", "allowed", f"POST api/2.0/mlflow/registered-models/alias: alias '{clinical}' of model "
+            f"'{name}' -> version 1 (approved)") in moves, moves
+    assert sum(1 for user, outcome, _ in moves if user == "engineer1" and outcome == "denied") == 4, moves

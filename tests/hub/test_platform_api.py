@@ -300,3 +300,50 @@ def test_a_caller_leaving_mid_stream_is_audited_and_the_gateway_keeps_serving(pl
     while len(audit_rows(p.hub, limit=10000, user="rita", action="wado")) < before + 4 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert len(audit_rows(p.hub, limit=10000, user="rita", action="wado")) == before + 4
+
+
+def test_orthancs_own_errors_become_the_right_4xx(platform_hub: Platform) -> None:
+    """Orthanc answers 500 to limit=-1 and to frames of an instance without pixel data: the caller
+    made the mistake (400) or asked for what does not exist (404); the gateway is not failing (502)."""
+    from pydicom.uid import generate_uid
+
+    p, a1 = platform_hub, platform_hub.studies["a1"]
+    headers = auth(p.tokens["engineer"])
+    for query in ({"limit": "-1"}, {"offset": "-5"}, {"limit": "ten"}):
+        response = requests.get(f"{p.hub.platform_url}dicom-web/studies", params=query, headers=headers, timeout=10)
+        assert response.status_code == 400, (query, response.status_code)
+        assert response.json()["error"] == "bad request" and "limit and offset" in response.json()["detail"]
+    # a non-image instance (a text SR) in a granted study: it has no frames
+    sr = instance_in(a1, "sr-without-frames")
+    for keyword in ("PixelData", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+                    "SamplesPerPixel", "PhotometricInterpretation", "RescaleIntercept", "RescaleSlope"):
+        if keyword in sr:
+            delattr(sr, keyword)
+    sr.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
+    sr.file_meta.MediaStorageSOPClassUID = sr.SOPClassUID
+    sr.SOPInstanceUID = sr.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    sr.Modality = "SR"
+    p.orthanc.client().store_instances([sr])
+    frames = f"studies/{a1.study}/series/{sr.SeriesInstanceUID}/instances/{sr.SOPInstanceUID}/frames/1"
+    direct = p.orthanc.session().get(f"{p.orthanc.dicomweb_url}/{frames}", timeout=10)
+    assert direct.status_code >= 500  # what Orthanc itself answers
+    response = requests.get(f"{p.hub.platform_url}dicom-web/{frames}", headers=headers, timeout=10)
+    assert response.status_code == 404 and response.json() == {"error": "not found"}
+
+
+def test_metadata_points_at_the_gateway_not_at_orthanc(platform_hub: Platform) -> None:
+    """BulkDataURIs in WADO-RS metadata name the gateway (where they are served under the same grant),
+    never Orthanc's internal address."""
+    p, a1 = platform_hub, platform_hub.studies["a1"]
+    headers = auth(p.tokens["resident"])
+    response = requests.get(f"{p.hub.platform_url}dicom-web/studies/{a1.study}/series/{a1.series}/metadata",
+                            headers=headers, timeout=10)
+    assert response.status_code == 200
+    assert p.orthanc.dicomweb_url.encode() not in response.content
+    uris = [value["BulkDataURI"] for item in response.json() for value in item.values()
+            if isinstance(value, dict) and "BulkDataURI" in value]
+    assert uris and all(uri.startswith(f"{p.hub.platform_url}dicom-web/studies/{a1.study}/") for uri in uris), uris
+    bulk = requests.get(uris[0], headers=headers, timeout=10)
+    assert bulk.status_code == 200 and len(bulk.content) >= 32 * 32 * 2
+    # the same URI for a caller without the grant: refused like every other resource of the study
+    assert requests.get(uris[0], headers=auth(p.tokens["other-site"]), timeout=10).status_code == 403

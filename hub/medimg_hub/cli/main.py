@@ -23,6 +23,7 @@ from medimg_hub.cli import tasks as cli_tasks
 from medimg_hub.cli.users import users
 from medimg_hub.pacs.orthanc import OrthancServer
 from medimg_hub.servers.process import ServiceError
+from medimg_hub.servers.runner import redact_logs
 from medimg_hub.settings import CONFIG_ENV_VAR, Settings, load_settings
 from medimg_hub.stack import platform_services
 
@@ -57,6 +58,7 @@ def cli(ctx: click.Context, config_file: Path | None, verbose: bool) -> None:
     """Medical-imaging research platform: PACS, pipelines, review, federated training."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     ctx.obj = load_settings(config_file)
+    redact_logs(ctx.obj)  # DICOM UIDs in log lines become pseudonyms (medimg_hub.servers.logs)
     if (ctx.obj.var_dir / "secrets" / "mlflow.json").exists():  # hub side: MLflow's platform account
         from medimg_hub.tracking.server import export_client_credentials
 

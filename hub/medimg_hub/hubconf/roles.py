@@ -30,6 +30,9 @@ MLFLOW_ACCESS = f"access:services!service={MLFLOW_SERVICE}"
 #: Who may use MLflow (read and write): engineers track runs, directors look at them, admins
 #: manage the registry. Clinicians are refused; the MLflow proxy checks these groups again.
 MLFLOW_GROUPS: tuple[str, ...] = (ENGINEERS, DIRECTORS, ADMINS)
+#: Groups whose members (besides hub admins) may move the model alias clinical pipelines load
+#: (``[mlflow] model_alias``): promoting a model is an approval, audited (medimg_hub.tracking.proxy).
+ALIAS_APPROVERS: tuple[str, ...] = (DIRECTORS, ADMINS)
 #: What a service needs to tell who is calling: names and groups of users.
 IDENTITY_SCOPES: tuple[str, ...] = ("read:users:name", "read:users:groups", "read:groups:name")
 

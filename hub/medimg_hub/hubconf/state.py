@@ -58,10 +58,11 @@ class HubState:
 
 
 def proxy_command() -> list[str]:
-    """configurable-http-proxy: next to the running Python (a venv's bin), else on PATH."""
+    """configurable-http-proxy (next to the running Python, else on PATH), its output passed through
+    ``medimg_hub.servers.logs`` so that the URLs it logs carry no DICOM UIDs."""
     beside = Path(sys.executable).parent / "configurable-http-proxy"
     found = str(beside) if beside.exists() else shutil.which("configurable-http-proxy")
     if not found:
         raise ConfigurationError("configurable-http-proxy not found: install it with npm "
                                  "(scripts/bootstrap.sh does) or put it on PATH")
-    return [found]
+    return [sys.executable, "-m", "medimg_hub.servers.logs", "--", found]

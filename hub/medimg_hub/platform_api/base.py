@@ -3,7 +3,7 @@ answers errors with fixed bodies, and audits and counts every request when it fi
 
 Error bodies depend only on the status (``{"error": "forbidden"}`` for every 403, ...), so
 a refusal never tells a study in another dataset from one that does not exist. The reason
-is kept in the audit row's ``detail``.
+is kept in the audit row's ``detail``; only a 400 (a malformed request) also says it to the caller.
 """
 
 from __future__ import annotations
@@ -110,7 +110,11 @@ class PlatformHandler(RequestHandler):
         return self.identity
 
     def refuse(self, status: int, detail: str) -> NoReturn:
-        """Answer ``status`` with its fixed body, keep ``detail`` for the audit log, stop the handler."""
+        """Answer ``status`` with its fixed body, keep ``detail`` for the audit log, stop the handler.
+
+        A 400 also tells the caller what is malformed (``detail``): it describes their request's
+        syntax, never data; every other status keeps its one body.
+        """
         self.audit_fields["detail"] = detail
         self.clear()
         self.set_status(status)
@@ -120,7 +124,10 @@ class PlatformHandler(RequestHandler):
             # tornado drops the connection of a streaming handler that answers before reading the
             # body; say so, or the proxy reuses the socket and its next request fails (503)
             self.set_header("Connection", "close")
-        self.write_json({"error": ERROR_BODIES.get(status, "error")})
+        body = {"error": ERROR_BODIES.get(status, "error")}
+        if status == 400:
+            body["detail"] = detail
+        self.write_json(body)
         raise Finish()
 
     def write_json(self, value: Any) -> None:

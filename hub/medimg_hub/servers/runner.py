@@ -1,4 +1,4 @@
-"""What the platform's long-running Python services share: the command line and the stop signal.
+"""What the platform's long-running Python services share: the command line, logs without UIDs, the stop signal.
 
 The hub-managed services (:mod:`medimg_hub.platform_api`, :mod:`medimg_hub.tracking.proxy`) and the
 federation's Fleet gateway each listen until SIGTERM or SIGINT, then shut down cleanly.
@@ -13,7 +13,15 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 
+from medimg_hub.servers.logs import install, key_file, load_key
+from medimg_hub.settings import Settings, load_settings
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def redact_logs(settings: Settings) -> None:
+    """Pseudonymise DICOM UIDs in everything this process logs (:mod:`medimg_hub.servers.logs`)."""
+    install(load_key(key_file(settings.var_dir)))
 
 
 async def stop_requested() -> None:
@@ -34,5 +42,6 @@ def run_service(prog: str, description: str, serve: Callable[[str | None], Await
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
+    redact_logs(load_settings(args.config))
     asyncio.run(serve(args.config))
     return 0

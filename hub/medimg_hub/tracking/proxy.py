@@ -20,6 +20,10 @@ that knows the hub. This service stands in front of it:
   ``--allowed-hosts``); never the hub's cookies, the caller's token or ``Origin`` (checked
   here, and unknown to MLflow). Bodies stream both ways with back-pressure: an artifact is never
   held whole in memory.
+* **Clinical aliases are an approval.** Setting or deleting an alias that clinical pipelines load
+  (``[mlflow] model_alias``, ``champion`` by default) is allowed to directors and hub admins only;
+  the request body is read (it is a few bytes of JSON) to see which alias it moves, and the move is
+  audited with the model, alias, version and approver. Engineers set any other alias.
 * **Audit.** Every request except successful static assets becomes a row in the platform's audit
   log (action ``mlflow``; detail = method and path below the prefix, never the query string).
 
@@ -31,14 +35,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
+import re
 import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
-from urllib.parse import urlparse, urlsplit
+from urllib.parse import parse_qs, urlparse, urlsplit
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated, UserNotAllowed
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
@@ -49,7 +55,7 @@ from tornado.web import Application, Finish, RedirectHandler, RequestHandler, st
 from medimg_hub.access.audit import AuditLog, AuditRecord
 from medimg_hub.access.identities import AuthFailure, HubIdentities
 from medimg_hub.access.models import Outcome
-from medimg_hub.hubconf.roles import MLFLOW_ACCESS, MLFLOW_GROUPS
+from medimg_hub.hubconf.roles import ALIAS_APPROVERS, MLFLOW_ACCESS, MLFLOW_GROUPS
 from medimg_hub.servers.runner import run_service, stop_requested
 from medimg_hub.settings import MLFLOW_PREFIX, Settings, load_settings
 from medimg_hub.tracking.server import credentials
@@ -78,6 +84,11 @@ DROPPED_REQUEST_HEADERS = HOP_BY_HOP | {"authorization", "cookie", "origin", "x-
 DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {"set-cookie", "server", "www-authenticate"}
 #: Methods that may carry a body.
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: MLflow's REST endpoint that sets (POST) or deletes (DELETE) a registered model's alias (also under
+#: ``ajax-api``, which MLflow's own pages use).
+ALIAS_ENDPOINT = re.compile(r"(ajax-)?api/2\.0/mlflow/registered-models/alias")
+#: Largest alias request body read (bytes): a name, an alias and a version.
+MAX_ALIAS_BODY = 64 << 10
 
 
 @dataclass
@@ -111,6 +122,9 @@ class ProxyContext:
     client: AsyncHTTPClient
     audit: AuditLog | None
     upstream_auth: str = ""
+    #: Aliases that clinical pipelines load: only :data:`~medimg_hub.hubconf.roles.ALIAS_APPROVERS`
+    #: (and hub admins) may set or delete them.
+    protected_aliases: frozenset[str] = frozenset()
     audit_executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="mlflow-audit"))
 
@@ -168,6 +182,8 @@ class MlflowProxyHandler(HubOAuthenticated, RequestHandler):  # type: ignore[mis
         self._status_line: tuple[int, str] | None = None
         self._upstream_headers = HTTPHeaders()
         self._headers_applied = False
+        self.admin = False
+        self._alias_body: bytearray | None = None
 
     # --- authentication ---------------------------------------------------------------------------
 
@@ -183,6 +199,11 @@ class MlflowProxyHandler(HubOAuthenticated, RequestHandler):  # type: ignore[mis
             await self._authorise()
         except ProxyRefused as refused:
             self._refuse(refused.status, refused.reason)
+        route = self.request.path[len(self.ctx.prefix):]
+        if self.request.method in ("POST", "DELETE") and ALIAS_ENDPOINT.fullmatch(route):
+            self.request.connection.set_max_body_size(MAX_ALIAS_BODY)
+            self._alias_body = bytearray()  # read whole, checked in _forward, then sent
+            return
         self._start_upstream()
 
     async def _authorise(self) -> None:
@@ -204,6 +225,7 @@ class MlflowProxyHandler(HubOAuthenticated, RequestHandler):  # type: ignore[mis
             self.groups, admin = await self.ctx.identities.groups_of(self.user_name)
         except AuthFailure as failure:
             raise ProxyRefused(403, failure.reason) from None
+        self.admin = admin
         if not admin and not set(self.groups) & set(MLFLOW_GROUPS):
             raise ProxyRefused(403, "not an engineer, director or admin")
 
@@ -215,7 +237,8 @@ class MlflowProxyHandler(HubOAuthenticated, RequestHandler):  # type: ignore[mis
             # the body was not read: tornado drops the connection, so the proxy must not reuse it
             self.set_header("Connection", "close")
         self.set_header("Content-Type", "application/json")
-        self.finish(b'{"error": "forbidden"}' if status == 403 else b'{"error": "upstream unavailable"}')
+        bodies = {400: b'{"error": "bad request"}', 403: b'{"error": "forbidden"}'}
+        self.finish(bodies.get(status, b'{"error": "upstream unavailable"}'))
         raise Finish()
 
     # --- forwarding -------------------------------------------------------------------------------
@@ -236,14 +259,15 @@ class MlflowProxyHandler(HubOAuthenticated, RequestHandler):  # type: ignore[mis
             headers["Authorization"] = self.ctx.upstream_auth
         return headers
 
-    def _start_upstream(self) -> None:
+    def _start_upstream(self, body: bytes | None = None) -> None:
+        """Send the request to MLflow; its body streams from the caller, or is ``body`` when read already."""
         method = self.request.method or "GET"
-        has_body = method in BODY_METHODS and (
+        has_body = body is None and method in BODY_METHODS and (
             "Content-Length" in self.request.headers or "Transfer-Encoding" in self.request.headers)
         if has_body:
             self._body = asyncio.Queue(maxsize=BODY_QUEUE_CHUNKS)
         request = HTTPRequest(
-            self._upstream_url(), method=method, headers=self._forwarded_headers(),
+            self._upstream_url(), method=method, headers=self._forwarded_headers(), body=body,
             body_producer=self._produce_body if has_body else None, allow_nonstandard_methods=True,
             follow_redirects=False, decompress_response=False, header_callback=self._on_header_line,
             streaming_callback=self._on_chunk, connect_timeout=CONNECT_TIMEOUT_S, request_timeout=REQUEST_TIMEOUT_S)
@@ -256,6 +280,9 @@ class MlflowProxyHandler(HubOAuthenticated, RequestHandler):  # type: ignore[mis
 
     def data_received(self, chunk: bytes) -> Any:
         self.bytes_in += len(chunk)
+        if self._alias_body is not None:
+            self._alias_body += chunk
+            return None
         if self._body is not None:
             return self._body.put(chunk)  # awaited by tornado: the caller waits while MLflow is slow
         return None
@@ -286,7 +313,33 @@ class MlflowProxyHandler(HubOAuthenticated, RequestHandler):  # type: ignore[mis
         self.write(chunk)
         return self.flush()  # awaited by tornado's client: MLflow waits while the caller is slow
 
+    def _check_alias_change(self) -> bytes:
+        """The alias request's body, if the caller may make this change; else refuse (403).
+
+        A clinical alias (:attr:`ProxyContext.protected_aliases`) moves only by a director's or an
+        admin's request; the audit detail names the model, alias and version either way.
+        """
+        body = bytes(self._alias_body or b"")
+        fields: dict[str, Any] = {}
+        if self.request.method == "POST":
+            try:
+                fields = json.loads(body or b"{}")
+            except ValueError:
+                self._refuse(400, "alias request body is not JSON")
+        else:
+            fields = {k: v[0] for k, v in parse_qs(self.request.query).items()}
+        if not isinstance(fields, dict):
+            self._refuse(400, "alias request body is not a JSON object")
+        alias, model, version = (str(fields.get(k, "")) for k in ("alias", "name", "version"))
+        change = f"alias {alias!r} of model {model!r}" + (f" -> version {version}" if version else " deleted")
+        if alias in self.ctx.protected_aliases and not (self.admin or set(self.groups) & set(ALIAS_APPROVERS)):
+            self._refuse(403, f"{change}: a clinical alias moves only with a director's or an admin's approval")
+        self.detail = change + (" (approved)" if alias in self.ctx.protected_aliases else "")
+        return body
+
     async def _forward(self, *_: str) -> None:
+        if self._alias_body is not None:
+            self._start_upstream(self._check_alias_change())
         if self._body is not None:
             await self._body.put(None)
         assert self._upstream is not None  # noqa: S101 - started in prepare()
@@ -367,7 +420,7 @@ def build_context(settings: Settings, *, audit: bool = True) -> ProxyContext:
     return ProxyContext(upstream=f"http://127.0.0.1:{settings.mlflow.port}",
                         prefix=prefix if prefix.endswith("/") else prefix + "/", hub_auth=hub_auth,
                         identities=HubIdentities(hub_auth), client=client, audit=audit_log,
-                        upstream_auth=f"Basic {basic}")
+                        upstream_auth=f"Basic {basic}", protected_aliases=frozenset({settings.mlflow.model_alias}))
 
 
 def make_app(context: ProxyContext) -> Application:

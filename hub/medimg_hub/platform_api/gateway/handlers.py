@@ -48,6 +48,20 @@ _STUDY_UID_KEYS = ("StudyInstanceUID", "0020000D")
 _PAGING_KEYS = ("limit", "offset")
 
 
+def upstream_refusal(status: int, resource: str) -> int:
+    """The status the caller gets when Orthanc refuses a WADO-RS request (its text is never passed on).
+
+    Orthanc's 400/404/406 stand; it answers 500 for frames, rendered images and bulk data of an
+    instance that has none (an SR, a SEG's frames rendered): the caller asked for something that
+    does not exist, so 404; any other Orthanc error is the gateway's upstream failing (502).
+    """
+    if status in (400, 404, 406):
+        return status
+    if status == 500 and resource in ("frames", "rendered", "bulk"):
+        return 404
+    return 502
+
+
 def _with(rights: Rights, right: Right) -> set[str]:
     return {name for name, granted in rights.items() if right.value in granted}
 
@@ -111,6 +125,7 @@ class DicomWebHandler(PlatformHandler):
             self.refuse(502, str(exc))
 
     async def _qido(self) -> None:
+        self._paging({k: v for k, v in self.query if k in _PAGING_KEYS})  # Orthanc answers 500 to limit=-1
         readable = _with(await self._rights(), Right.READ)
         studies = await self.ctx.run(self.ctx.directory.studies_in, readable)
         if self.target.study is not None:
@@ -173,6 +188,9 @@ class DicomWebHandler(PlatformHandler):
             self.refuse(403, "study not in a dataset the caller may read")
         self.audit_fields["dataset"] = dataset
         accept = clean_header(self.request.headers.get("Accept"), "*/*")
+        if self.target.resource == "metadata":
+            await self._wado_metadata()
+            return
         if relay.AVAILABLE and not isinstance(self.request.connection.stream, SSLIOStream):  # type: ignore[attr-defined]
             await self._wado_relay(accept)
             return
@@ -181,7 +199,7 @@ class DicomWebHandler(PlatformHandler):
         if status >= 400:
             async for _ in chunks:  # drain and close; Orthanc's error text is not passed on
                 pass
-            self.refuse(status if status in (400, 404, 406) else 502, f"Orthanc answered {status}")
+            self.refuse(upstream_refusal(status, self.target.resource), f"Orthanc answered {status}")
         self.set_status(status)
         for name, value in headers.items():
             self.set_header(name, value)
@@ -193,6 +211,26 @@ class DicomWebHandler(PlatformHandler):
                     await self.flush()  # back-pressure: read on from Orthanc only as fast as the caller reads
         except StreamClosedError:
             self.audit_fields["detail"] = "caller closed the connection"
+
+    def public_root(self) -> str:
+        """The gateway's DICOMweb root as the caller reached it (what Orthanc's own URLs become)."""
+        return f"{self.request.protocol}://{self.request.host}{self.ctx.prefix}dicom-web"
+
+    async def _wado_metadata(self) -> None:
+        """WADO-RS metadata (JSON), with Orthanc's BulkDataURIs pointing at the gateway instead.
+
+        Orthanc writes its own address into each BulkDataURI (pixel data and other large values):
+        unusable by the caller, and the PACS's internal address leaked. The answer is small, so it
+        is read whole and every Orthanc URL is replaced by the gateway's, where the same
+        ``.../bulk/...`` resource is served under the same grant.
+        """
+        answer = await self.ctx.orthanc.get(self.target.path, encode_query(self.query), {"Accept": DICOM_JSON})
+        if answer.status >= 400:
+            self.refuse(upstream_refusal(answer.status, self.target.resource), f"Orthanc answered {answer.status}")
+        body = answer.body.replace(self.ctx.orthanc.dicomweb_url.encode(), self.public_root().encode())
+        self.bytes_out = len(body)
+        self.set_header("Content-Type", DICOM_JSON)
+        self.finish(body)
 
     async def _wado_relay(self, accept: str) -> None:
         """Pass Orthanc's response body to the caller with ``splice`` (:mod:`.relay`), then close.
@@ -207,7 +245,7 @@ class DicomWebHandler(PlatformHandler):
             self.refuse(502, str(exc))
         if answer.status >= 400:
             answer.close()  # Orthanc's error text is not passed on
-            self.refuse(answer.status if answer.status in (400, 404, 406) else 502, f"Orthanc answered {answer.status}")
+            self.refuse(upstream_refusal(answer.status, self.target.resource), f"Orthanc answered {answer.status}")
         framing = [(name, answer.headers[name.lower()]) for name in ("Content-Type", "Content-Length", "Transfer-Encoding")
                    if name.lower() in answer.headers]
         lines = [f"HTTP/1.1 {answer.status} {HTTPStatus(answer.status).phrase}", *(f"{k}: {v}" for k, v in framing),
@@ -274,8 +312,7 @@ class DicomWebHandler(PlatformHandler):
         self.set_status(answer.status if answer.status < 400 else (409 if answer.status == 409 else 502))
         self.set_header("Content-Type", DICOM_JSON)
         # RetrieveURLs point at Orthanc: give the caller the gateway's address instead
-        public = f"{self.request.protocol}://{self.request.host}{self.ctx.prefix}dicom-web"
-        self.finish(answer.body.replace(self.ctx.orthanc.dicomweb_url.encode(), public.encode()))
+        self.finish(answer.body.replace(self.ctx.orthanc.dicomweb_url.encode(), self.public_root().encode()))
 
     async def _writable_dataset(self, study: str, institution: str | None, wanted: str | None,
                                 writable: set[str], existing_only: frozenset[str] | set[str] = frozenset()) -> str:

@@ -17,13 +17,16 @@ from urllib.parse import urlencode
 #: A DICOM UID (PS3.5 §9.1): digits and dots, at most 64 characters.
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _FRAMES = re.compile(r"[1-9][0-9]{0,8}(,[1-9][0-9]{0,8})*")
+#: A bulk data path below an instance, as Orthanc writes BulkDataURIs: tags, and item indexes in sequences.
+_BULK = re.compile(r"[0-9A-Fa-f]{8}(/[0-9]{1,6}/[0-9A-Fa-f]{8})*")
 #: Query keys: DICOM keywords, tags, and the QIDO-RS parameters (letters, digits, dots).
 _QUERY_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9.]{0,63}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class BadRequest(ValueError):
-    """A malformed request (400); ``detail`` goes to the audit log, never to the caller."""
+    """A malformed request (400); ``detail`` goes to the audit log and to the caller (it describes the
+    request's syntax, never data)."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -56,8 +59,22 @@ class DicomPath:
         return "/".join(self.segments)
 
     @property
+    def resource(self) -> str:
+        """What a WADO-RS path retrieves: ``instances`` (the objects themselves), ``metadata``,
+        ``rendered``, ``frames`` or ``bulk`` (the first segment after the last UID)."""
+        depth = 0
+        while 2 * depth + 1 < len(self.segments) and self.segments[2 * depth] == ("studies", "series", "instances")[depth]:
+            depth += 1
+            if depth == 3:
+                break
+        tail = self.segments[2 * depth:]
+        return tail[0] if tail else "instances"
+
+    @property
     def level(self) -> str:
         """Metric label: the path with UIDs replaced, e.g. ``studies/{study}/series``."""
+        if self.resource == "bulk":
+            return "studies/{study}/series/{series}/instances/{sop}/bulk/{tag}"
         names = iter(("{study}", "{series}", "{sop}", "{frames}"))
         return "/".join(s if not (_UID.fullmatch(s) or _FRAMES.fullmatch(s)) else next(names, "{uid}")
                         for s in self.segments)
@@ -98,7 +115,7 @@ _WADO_TAILS = ((), ("metadata",), ("rendered",))
 
 
 def _wado_shape(segments: list[str]) -> bool:
-    """Whether ``segments`` is a WADO-RS resource (study/series/instance, metadata, rendered, frames)."""
+    """Whether ``segments`` is a WADO-RS resource (study/series/instance, metadata, rendered, frames, bulk data)."""
     keys = ["studies", "series", "instances"]
     depth = 0
     while depth < 3 and 2 * depth + 1 < len(segments) and segments[2 * depth] == keys[depth]:
@@ -108,6 +125,8 @@ def _wado_shape(segments: list[str]) -> bool:
     tail = tuple(segments[2 * depth:])
     if tail in _WADO_TAILS:
         return True
+    if depth == 3 and len(tail) >= 2 and tail[0] == "bulk":
+        return bool(_BULK.fullmatch("/".join(tail[1:])))
     return depth == 3 and len(tail) in (2, 3) and tail[0] == "frames" and bool(_FRAMES.fullmatch(tail[1])) \
         and tail[2:] in ((), ("rendered",))
 
