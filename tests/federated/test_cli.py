@@ -118,6 +118,8 @@ def test_fl_up_run_down_trains_registers_and_leaves_nothing_behind(platform: Set
     assert run.info.status == "FINISHED"
     assert run.data.params["num-server-rounds"] == "2" and run.data.params["alias"] == "test-federated"
     assert set(history(uri, run.info.run_id, "eval_dice")) == {1, 2}
+    loss = history(uri, run.info.run_id, "train_loss")
+    assert loss[2] < loss[1], loss  # the federation learns: the aggregated training loss falls
     for site in ("site_a", "site_b", "site_c"):  # dataset names as MLflow metric prefixes
         assert set(history(uri, run.info.run_id, f"{site}_train_loss")) == {1, 2}
         assert history(uri, run.info.run_id, f"{site}_train_num_examples")[1] >= 1

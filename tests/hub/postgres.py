@@ -18,13 +18,24 @@ from pathlib import Path
 
 from medimg_hub.servers.process import free_port
 
-PG_BIN = Path(os.environ.get("MEDIMG_PG_BIN", "/usr/lib/postgresql/15/bin"))
+def _server_bin() -> Path:
+    """The PostgreSQL server binaries: ``$MEDIMG_PG_BIN``, else the newest ``/usr/lib/postgresql/<version>/bin``
+    (Debian installs each major version there: 15 on Debian 12, 17 on Debian 13)."""
+    if os.environ.get("MEDIMG_PG_BIN"):
+        return Path(os.environ["MEDIMG_PG_BIN"])
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]) if
+                   p.parts[-3].isdigit() else 0)
+    return found[-1].parent if found else Path("/usr/lib/postgresql/VERSION/bin")
+
+
+PG_BIN = _server_bin()
 
 
 def postgres_available() -> str | None:
     """``None`` when a server can be started here, else the reason it cannot."""
     if not (PG_BIN / "initdb").exists() or not (PG_BIN / "pg_ctl").exists():
-        return f"PostgreSQL server binaries not found in {PG_BIN} (Debian package postgresql-15; or set MEDIMG_PG_BIN)"
+        return (f"PostgreSQL server binaries not found in {PG_BIN} (Debian package postgresql, which "
+                "scripts/bootstrap.sh installs; or set MEDIMG_PG_BIN)")
     if os.geteuid() == 0:
         try:
             pwd.getpwnam("postgres")

@@ -86,6 +86,11 @@ def test_dice_per_label():
         dice_per_label(pred[:2], truth, ["liver"])
 
 
-def test_select_device_honours_an_override():
+def test_select_device_prefers_cuda_when_present_and_honours_an_override(monkeypatch):
     assert select_device("cpu") == torch.device("cpu")
-    assert select_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert select_device("cuda:1") == torch.device("cuda", 1)  # an override is taken as given
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert select_device() == torch.device("cuda")
+    assert select_device("cpu") == torch.device("cpu")  # the override wins over a present GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert select_device() == torch.device("cpu")
