@@ -7,9 +7,7 @@ SOP Instance UIDs → MLflow run → registered model version. The task store is
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import nbformat
 import pytest

@@ -11,13 +11,15 @@ from pathlib import Path
 SECRET_BYTES = 32
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable by the owner only (the file is created 0600)."""
+def write_private(path: Path, data: str | bytes) -> None:
+    """Write ``data`` (text as UTF-8) to ``path``, readable by the owner only: the file is created 0600
+    (never readable by others, not even for a moment) in a folder made 0700. The one writer of every
+    hub-side secret: generated passwords, the hub's tokens, the federation's private keys."""
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data.encode("utf-8") if isinstance(data, str) else data)
     os.chmod(path, 0o600)
 
 

@@ -32,8 +32,8 @@ from medimg_hub.pacs.ingest import ingest_files
 from medimg_hub.pacs.orthanc import OrthancServer
 from medimg_hub.access.datasets import ingest_assigner, sync_datasets
 from medimg_hub.servers.process import free_port
-from medimg_hub.settings import (DatasetSettings, HubSettings, PacsSettings, PlatformSettings, QueueSettings,
-                                 Settings, TasksSettings, dump_settings)
+from medimg_hub.settings import (DatasetSettings, HubSettings, PlatformSettings, QueueSettings, Settings,
+                                 TasksSettings, dump_settings)
 from medimg_hub.db.migrations import upgrade
 from medimg_hub.db import make_engine
 from medimg_kernel.synthetic import SyntheticPatient, ct_series_from_volume

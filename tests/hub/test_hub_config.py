@@ -7,7 +7,6 @@ code; authenticators are instantiated from that config (no network needed).
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import pytest

@@ -4,7 +4,6 @@ failures with retries, a worker killed with SIGKILL mid-job, cancellation of a r
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import time

@@ -41,7 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from medimg_hub.federation.pki import NodeKey, ServerPki, make_node_key, make_server_pki
+from medimg_hub.secrets import write_private
 from medimg_hub.servers.process import ManagedProcess, ServiceError, free_port, port_in_use
 
 log = logging.getLogger(__name__)
@@ -198,8 +201,7 @@ class Federation:
         if self.workers[site].pid() is None:
             socket.unlink(missing_ok=True)  # a dead worker's socket would look ready
         if not key.exists():
-            key.touch(mode=0o600)
-            key.write_bytes(secrets.token_bytes(32))
+            write_private(key, secrets.token_bytes(32))
 
     def _node_process(self, node: SiteNode) -> ManagedProcess:
         config = {"site": node.site, **node.node_config}
@@ -316,7 +318,7 @@ class Federation:
         do not survive the inline form.
         """
         overrides = self.root / "run-config.toml"
-        overrides.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in run_config.items()))
+        overrides.write_text(tomli_w.dumps(dict(run_config)))
         log_file = Path(self.var_dir) / "log" / "flwr-run.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
@@ -334,15 +336,6 @@ class Federation:
 def node_slug(site: str) -> str:
     """``site`` as a file name (letters, digits, ``-``, ``_``)."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", site)
-
-
-def toml_value(value: Any) -> str:
-    """A TOML literal for a run-config value (bool, int, float, str)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value))
 
 
 def _spawned_by(root: int) -> list[int]:
@@ -409,5 +402,4 @@ def _running(pid: int) -> bool:
         return False
 
 
-__all__ = ["CONNECTION", "APP_DIR", "FLOWER_ENV", "FederationError", "SiteNode", "Federation", "stop_tree",
-           "toml_value"]
+__all__ = ["CONNECTION", "APP_DIR", "FLOWER_ENV", "FederationError", "SiteNode", "Federation", "stop_tree"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from medimg_hub.secrets import write_private
 
 VALID_DAYS = 365
 
@@ -42,13 +43,6 @@ class NodeKey:
 
     private_key: Path
     public_key: Path
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -86,10 +80,10 @@ def make_server_pki(folder: Path) -> ServerPki:
     server_key = ec.generate_private_key(ec.SECP384R1())
     server_cert = _certificate("127.0.0.1", server_key.public_key(), ca_name, ca_key, ca=False)
     folder.mkdir(parents=True, exist_ok=True)
-    _write_private(folder / "ca.key", _pem_key(ca_key))
+    write_private(folder / "ca.key", _pem_key(ca_key))
     found.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     found.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(found.server_key, _pem_key(server_key))
+    write_private(found.server_key, _pem_key(server_key))
     return found
 
 
@@ -99,7 +93,7 @@ def make_node_key(folder: Path, name: str) -> NodeKey:
     if found.private_key.exists() and found.public_key.exists():
         return found
     key = ec.generate_private_key(ec.SECP384R1())
-    _write_private(found.private_key, key.private_bytes(serialization.Encoding.PEM,
+    write_private(found.private_key, key.private_bytes(serialization.Encoding.PEM,
                                                         serialization.PrivateFormat.OpenSSH,
                                                         serialization.NoEncryption()))
     found.public_key.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
