@@ -195,8 +195,9 @@ def test_unknown_and_known_user_names_take_the_same_time_to_refuse(hub):
 
     known = sorted(refusal_s("resident-a") for _ in range(3))
     unknown = sorted(refusal_s(f"nobody-{i}") for i in range(3))
-    # both pay one bcrypt check (~0.25 s here); before, unknown names were refused ~25x faster
-    assert 0.5 < unknown[1] / known[1] < 2.0, (known, unknown)
+    # both pay one bcrypt check (~0.25 s here); before, unknown names were refused ~25x faster.
+    # The band is wide enough for a loaded CI machine and still far from that gap.
+    assert 1 / 3 < unknown[1] / known[1] < 3.0, (known, unknown)
 
 
 def test_the_hubs_log_holds_no_dicom_uids(hub):

@@ -1,4 +1,4 @@
-"""The tasks API under ``{prefix}api/``: list, show, submit, cancel, decide (rules in :mod:`.tasks_access`).
+"""The tasks API under ``{prefix}api/``: list, show, submit, cancel, decide (rules in :mod:`.access`).
 
 ``GET api/tasks`` · ``GET api/tasks/{id}`` · ``POST api/tasks`` (``{"pipeline", "dataset",
 "parameters", "studies"}``) · ``POST api/tasks/{id}/cancel`` (``{"reason"}``) ·

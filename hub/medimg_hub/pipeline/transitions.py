@@ -4,7 +4,7 @@
 Every state change goes through :meth:`JobTransitions.move`, which checks it against the
 state machine (:mod:`.states`) and writes a ``job_history`` row with the actor. On
 PostgreSQL the job rows are locked (``SELECT ... FOR UPDATE``); a concurrent change
-surfaces as :class:`~medimg_kernel.errors.ConcurrentUpdateError`.
+surfaces as :class:`~medimg_hub.errors.ConcurrentUpdateError`.
 """
 
 from __future__ import annotations

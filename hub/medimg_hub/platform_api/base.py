@@ -50,8 +50,8 @@ class PlatformContext:
     audit: AuditLog
     metrics: PlatformMetrics
     orthanc: Orthanc
-    tasks: Any  # TaskAccess (tasks_api), typed loosely to keep this module free of the task service
-    review: Any  # ReviewAccess (review_api), likewise
+    tasks: Any  # TaskAccess (medimg_hub.pipeline.access), typed loosely to keep this module free of the task service
+    review: Any  # ReviewAccess (medimg_hub.review.access), likewise
     executor: ThreadPoolExecutor
     audit_executor: Executor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="audit"))
 

@@ -1,4 +1,4 @@
-"""The review API under ``{prefix}api/review/`` (rules in :mod:`.review_access`).
+"""The review API under ``{prefix}api/review/`` (rules in :mod:`.access`).
 
 ``GET review/worklist`` · ``GET review/jobs/{id}`` · ``POST|DELETE review/jobs/{id}/claim``
 (``{"force": bool}``) · ``GET|PUT|DELETE review/jobs/{id}/draft`` (``application/octet-stream``)

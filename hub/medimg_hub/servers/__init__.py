@@ -1,6 +1,7 @@
-"""Process machinery: starting, finding and stopping the platform's servers, in start order.
+"""Process machinery: starting, finding and stopping the platform's servers, and their logs.
 
 :mod:`.process` (one managed process), :mod:`.runner` (what long-running Python services share),
-:mod:`.order` (the services in start order), :mod:`.jupyterhub` (the hub as a platform service).
-May import: ``medimg_hub.settings``, ``medimg_hub.secrets``; :mod:`.order` imports the capabilities' servers.
+:mod:`.jupyterhub` (the hub as a platform service), :mod:`.logs` (log lines without DICOM UIDs).
+The services in start order are :mod:`medimg_hub.stack`. May import: ``medimg_hub.settings``,
+``medimg_hub.secrets``, ``medimg_hub.hubconf``.
 """

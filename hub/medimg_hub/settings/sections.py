@@ -21,7 +21,7 @@ from medimg_kernel.errors import ConfigurationError
 
 from medimg_hub.settings.federation import FederationSettings, validate_federation
 
-#: The repository root (``hub/medimg_hub/settings.py`` → three levels up).
+#: The repository root (``hub/medimg_hub/settings/sections.py`` → four levels up).
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_CONFIG_FILE = REPO_ROOT / "medimg.toml"
 CONFIG_ENV_VAR = "MEDIMG_CONFIG"
