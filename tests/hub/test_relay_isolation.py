@@ -32,7 +32,7 @@ from medimg_hub.access.datasets import ingest_assigner
 from medimg_hub.db import make_engine
 from medimg_kernel.client import ACCEPT_STORED
 
-from .hubfixture import DemoStudy, Platform, audit_rows, make_study, platform_hub  # noqa: F401
+from .hubfixture import DemoStudy, Platform, make_study, platform_hub, wait_for_audit  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -42,14 +42,18 @@ THREADS = 12
 #: Larger series than the platform fixture's, so that aborts can land deep inside the pixel data.
 BIG_STUDIES = {"rel-a-big1": ("SITEA", 24, 160), "rel-a-big2": ("SITEA", 16, 192),
                "rel-b-big1": ("SITEB", 20, 160), "rel-b-big2": ("SITEB", 12, 128)}
+#: A series larger than what loopback socket buffers hold (~10 MB), so that a caller who leaves early
+#: is noticed by the relay (a smaller body may already sit whole in the buffers when the caller closes).
+HUGE_STUDY = ("rel-a-huge", "SITEA", 64, 512)
 
 
 @dataclass(frozen=True)
 class Caller:
     name: str
     token: str
-    readable: tuple[DemoStudy, ...]
+    readable: tuple[DemoStudy, ...]  # the studies its requests are about
     forbidden: tuple[bytes, ...]  # UIDs of every study outside the grant
+    visible: frozenset[str]  # UIDs of every study inside it (QIDO finds them all)
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class Load:
     direct: tuple[str, int, str]  # host, port, path prefix of the platform API
     proxied: tuple[str, int, str]
     callers: dict[str, Caller]
+    huge: DemoStudy  # site-a, ~33 MB; not used by the stress test
 
 
 def _prefix(url: str) -> tuple[str, int, str]:
@@ -73,7 +78,8 @@ def relay_load(platform_hub: Platform, tmp_path_factory: pytest.TempPathFactory)
     folder = tmp_path_factory.mktemp("relay-studies")
     studies = dict(p.studies)
     paths: list[Path] = []
-    for key, (institution, n_slices, size) in BIG_STUDIES.items():
+    huge_key = HUGE_STUDY[0]
+    for key, (institution, n_slices, size) in {**BIG_STUDIES, huge_key: HUGE_STUDY[1:]}.items():
         series = make_study(institution, key, n_slices=n_slices, size=size)
         for i, ds in enumerate(series):
             path = folder / f"{key}-{i}.dcm"
@@ -88,20 +94,25 @@ def relay_load(platform_hub: Platform, tmp_path_factory: pytest.TempPathFactory)
     finally:
         engine.dispose()
 
+    huge = studies.pop(huge_key)
+
     def caller(role: str, dataset: str) -> Caller:
         mine = tuple(s for s in studies.values() if s.dataset == dataset)
-        others = tuple(s.study.encode() for s in studies.values() if s.dataset != dataset)
-        return Caller(role, p.tokens[role], mine, others)
+        others = tuple(s.study.encode() for s in (*studies.values(), huge) if s.dataset != dataset)
+        visible = frozenset(s.study for s in (*studies.values(), huge) if s.dataset == dataset)
+        return Caller(role, p.tokens[role], mine, others, visible)
 
     yield Load(p, _prefix(p.hub.direct_url), _prefix(p.hub.platform_url),
                {"a": caller("resident", "site-a"), "b": caller("other-site", "site-b"),
-                "e": caller("engineer", "site-a")})
+                "e": caller("engineer", "site-a")}, huge)
 
 
 # --- one aborted retrieve -------------------------------------------------------------------------
 
-def _abort_retrieve(route: tuple[str, int, str], who: Caller, study: DemoStudy, where: str, rng: random.Random) -> str:
-    """Send a WADO-RS retrieve on a fresh socket and close it at ``where``; returns what was seen."""
+def _abort_retrieve(route: tuple[str, int, str], who: Caller, study: DemoStudy, where: str, rng: random.Random,
+                    request_ids: list[str] | None = None) -> str:
+    """Send a WADO-RS retrieve on a fresh socket and close it at ``where``; returns what was seen
+    (and appends the answer's X-Request-Id to ``request_ids``)."""
     host, port, prefix = route
     path = f"{prefix}dicom-web/studies/{study.study}/series/{study.series}"
     with socket.create_connection((host, port), timeout=30) as sock:
@@ -116,7 +127,11 @@ def _abort_retrieve(route: tuple[str, int, str], who: Caller, study: DemoStudy, 
                 return "closed before the head"
             seen += data
         assert seen.startswith(b"HTTP/1.1 200"), seen[:200]
-        body = len(seen.split(b"\r\n\r\n", 1)[1])
+        head, rest = seen.split(b"\r\n\r\n", 1)
+        if request_ids is not None:
+            request_ids += [line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
+                            if line.lower().startswith(b"x-request-id:")]
+        body = len(rest)
         want = {"head": 0, "part": rng.randint(1, 600), "pixels": rng.randint(20_000, 1_200_000)}[where]
         while body < want:
             data = sock.recv(min(65536, want - body))
@@ -176,7 +191,7 @@ class Checker:
             assert response.getheader("Content-Type", "").startswith("application/dicom+json"), where
             items = json.loads(body)
             found = {item["0020000D"]["Value"][0] for item in items if "0020000D" in item}
-            mine = {s.study for s in who.readable}
+            mine = who.visible
             assert found <= mine, where
             if kind == "qido-studies":
                 assert found == mine, where
@@ -231,18 +246,13 @@ def test_retrieves_abandoned_at_random_points_never_reach_another_connection(rel
 
 def test_abandoned_retrieves_are_audited_with_how_far_they_got(relay_load: Load) -> None:
     load = relay_load
-    a = load.callers["a"]
-    study = max(a.readable, key=lambda s: len(s.sops))
-    _abort_retrieve(load.direct, a, study, "pixels", random.Random(7))
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        rows = [r for r in audit_rows(load.platform.hub, limit=50, user="rita", action="wado")
-                if str(r.get("detail", "")).startswith("caller closed the connection after")]
-        if rows:
-            break
-        time.sleep(0.1)
-    assert rows, "the abandoned retrieve is not in the audit log"
-    assert rows[0]["study_instance_uid"] == study.study and rows[0]["outcome"] == "allowed"
+    a, study = load.callers["a"], load.huge
+    request_ids: list[str] = []
+    _abort_retrieve(load.direct, a, study, "head", random.Random(7), request_ids)
+    assert len(request_ids) == 1
+    row = wait_for_audit(load.platform.hub, request_ids[0])  # this request's row, not an earlier abort's
+    assert str(row["detail"]).startswith("caller closed the connection after"), row
+    assert row["study_instance_uid"] == study.study and row["outcome"] == "allowed" and row["user"] == "rita"
 
 
 def test_a_caller_leaving_mid_stream_passes_fifty_times_under_load(relay_load: Load) -> None:
