@@ -160,7 +160,11 @@ def open_viewer(page: Page, url: str, timeout_s: float = 180.0) -> dict[str, flo
 
 
 def scroll_slices(page: Page, view: str, wheel: int, keys: int, pause_ms: float = 40.0) -> None:
-    """Change slice ``wheel`` times with the mouse wheel, then ``keys`` times with ArrowUp, on ``view``."""
+    """Change slice ``wheel`` times with the mouse wheel, then ``keys`` times with ArrowUp, on ``view``,
+    once the whole volume is in the browser (viewer.js sets ``volumeAt``; before that the first planes
+    show but slice changes have nothing to draw, so a fast scroller on a loaded machine loses some)."""
+    page.wait_for_function("window.__medimgViewer && window.__medimgViewer.volumeAt !== null "
+                           "&& window.__medimgViewer.volumeAt !== undefined", timeout=60_000)
     canvas = page.locator(f'canvas[data-view="{view}"]')
     box = canvas.bounding_box()
     assert box is not None, f"{view} canvas not visible"
