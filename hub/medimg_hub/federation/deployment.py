@@ -7,7 +7,7 @@ ports (the SuperLink's default, 8000, is JupyterHub's). ``medimg fl up`` starts 
 stops them (with everything they spawned: SuperExec, ServerApp and ClientApp processes).
 
 Layout under ``var/flower/``: ``home/config.toml`` (the private ``FLWR_HOME`` with the
-``medimg`` connection), ``pki/`` (CA, SuperLink certificate, node keys), ``superlink.db``,
+``medimg`` connection), ``bin/flower-superexec`` (the SuperExec shim), ``pki/`` (CA, SuperLink certificate, node keys), ``superlink.db``,
 ``sites/<site>.json`` (a site's PACS credentials, mode 0600, read by its ClientApp).
 
 Security
@@ -43,6 +43,7 @@ from typing import Any
 
 import tomli_w
 
+from medimg_hub.federation.firewall import LoopbackFirewall
 from medimg_hub.federation.pki import NodeKey, ServerPki, make_node_key, make_server_pki
 from medimg_hub.secrets import write_private
 from medimg_hub.servers.process import ManagedProcess, ServiceError, free_port, port_in_use
@@ -112,6 +113,10 @@ class Federation:
     app_dir
         The Flower app folder (``pyproject.toml`` + ``medimg_federated/``): packed by ``flwr run``,
         and the site workers' ``PYTHONPATH`` entry.
+    firewall
+        Let only this process's account connect to the SuperLink's and SuperNodes' loopback ports
+        (:mod:`medimg_hub.federation.firewall`; needs nftables and root). Off only where no other
+        account runs code on the machine.
     """
 
     var_dir: Path
@@ -123,6 +128,7 @@ class Federation:
     site_workers: bool = True
     python_path: str = f"{REPO}{os.pathsep}{REPO / 'hub'}"
     app_dir: Path = APP_DIR
+    firewall: bool = True
     _pki: ServerPki | None = field(default=None, init=False)
     _keys: dict[str, NodeKey] = field(default_factory=dict, init=False)
 
@@ -142,6 +148,8 @@ class Federation:
         self.gateway = self._gateway_process()
         self.workers = {s.site: self._worker_process(s) for s in self.sites} if self.site_workers else {}
         self.nodes = {s.site: self._node_process(s) for s in self.sites}
+        self.loopback_firewall = LoopbackFirewall(f"flower_{self.superlink_port}",
+                                                  [self.superlink_port, *(s.port for s in self.sites)], os.getuid())
 
     @property
     def ca_cert(self) -> Path | None:
@@ -151,10 +159,25 @@ class Federation:
     # -- processes ------------------------------------------------------------------------
 
     def env(self) -> dict[str, str]:
-        """Environment of every Flower process and of ``flwr`` itself."""
-        bin_dir = str(Path(sys.executable).parent)  # Flower starts flower-superexec, flwr-clientapp by name
+        """Environment of every Flower process and of ``flwr`` itself.
+
+        ``PATH`` starts with ``bin/`` (the SuperExec shim, :meth:`write_shims`), then this
+        Python's scripts: Flower starts ``flower-superexec``, ``flwr-serverapp`` and
+        ``flwr-clientapp`` by name.
+        """
+        bin_dir = str(Path(sys.executable).parent)
         return {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(self.flwr_home), "PYTHONPATH": self.python_path,
-                "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+                "PATH": os.pathsep.join([str(self.root / "bin"), bin_dir, os.environ.get("PATH", "")])}
+
+    def write_shims(self) -> Path:
+        """``bin/flower-superexec``: Flower's SuperExec that keeps run tokens off command lines
+        (:mod:`medimg_hub.federation.superexec`), run by this Python."""
+        shim = self.root / "bin" / "flower-superexec"
+        shim.parent.mkdir(parents=True, exist_ok=True)
+        shim.write_text(f"#!{sys.executable}\nimport sys\nfrom medimg_hub.federation.superexec import main\n"
+                        "sys.exit(main())\n")
+        shim.chmod(0o755)
+        return shim
 
     def _exe(self, name: str) -> str:
         return str(Path(sys.executable).with_name(name))
@@ -242,6 +265,9 @@ class Federation:
             if port == 8000:
                 raise FederationError("port 8000 is JupyterHub's default; give the federation other ports")
         self.write_connection()
+        self.write_shims()
+        if self.firewall:
+            self.loopback_firewall.apply()  # before anything listens
         self.superlink.start(timeout_s)
         if self.auth:
             for node in self.sites:
@@ -290,6 +316,8 @@ class Federation:
         """Stop every SuperNode, the Fleet gateway and the SuperLink, with the processes they spawned."""
         for process in [*self.nodes.values(), self.gateway, self.superlink, *self.workers.values()]:
             stop_tree(process)
+        if self.firewall:
+            self.loopback_firewall.remove()
 
     def kill_node(self, site: str) -> None:
         """SIGKILL a site's SuperNode, its ClientApp processes and its worker (a site that vanishes)."""

@@ -47,13 +47,13 @@ def site_node_configs(settings: Settings) -> dict[str, dict[str, str]]:
 
 def platform_federation(settings: Settings) -> Federation:
     """The federation ``[federation]`` describes: SuperLink on ``superlink_port``, the sites' Fleet
-    gateway on ``fleet_gateway_port``, node ``i`` on ``first_node_port + i``, TLS and node
-    authentication as set."""
+    gateway on ``fleet_gateway_port``, node ``i`` on ``first_node_port + i``, TLS, node
+    authentication and the loopback firewall as set."""
     fed = settings.federation
     nodes = [SiteNode(site, config, fed.first_node_port + i)
              for i, (site, config) in enumerate(site_node_configs(settings).items())]
     return Federation(settings.var_dir, fed.superlink_port, nodes, gateway_port=fed.fleet_gateway_port,
-                      tls=fed.tls, auth=fed.node_auth)
+                      tls=fed.tls, auth=fed.node_auth, firewall=fed.loopback_firewall)
 
 
 #: ``[federation]`` key → the Flower app's run-config key (``[tool.flwr.app.config]`` of

@@ -59,6 +59,11 @@ class FederationSettings:
     #: authentication (only nodes whose public key was registered may join).
     tls: bool = True
     node_auth: bool = True
+    #: Let only the platform's OS account connect to the SuperLink's and SuperNodes' loopback
+    #: ports (an nftables table; needs nftables and root). Users' kernels share loopback, and
+    #: Flower's Control API has no user authentication: with this off, any kernel can start or
+    #: stop runs. Turn it off only where no other account runs code on the machine.
+    loopback_firewall: bool = True
     #: Differential privacy with fixed clipping: "none", "server" (the server clips each update and
     #: adds Gaussian noise) or "client" (sites clip, the server adds noise).
     dp: str = "none"
