@@ -8,7 +8,6 @@ port nothing else uses, removed in ``finally``.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
