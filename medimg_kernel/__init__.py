@@ -48,6 +48,7 @@ _LAZY = {
     "read_seg": "seg",
     "write_sr": "sr",
     "read_sr": "sr",
+    "find_studies": "cohort",
 }
 
 __all__ = [

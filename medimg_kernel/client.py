@@ -6,14 +6,20 @@ wraps dicomweb-client's ``DICOMwebClient``; authentication is injected as a
 :class:`~medimg_kernel.errors.DICOMwebError` subclasses that say which request
 failed and why. Retrieval streams (``iter_*``) with a large chunk size and asks
 for the stored transfer syntax, so nothing is transcoded on the server.
+
+QIDO-RS is our own GET, not dicomweb-client's: it percent-encodes the wildcards ``*`` and ``?``,
+which Orthanc then matches literally, and cannot match values with spaces there
+(:mod:`medimg_kernel.qido` says what is sent instead and how the answer is made exact).
 """
 
 from __future__ import annotations
 
 import functools
-import re
+import io
 import logging
 import os
+import re
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +28,7 @@ import requests
 from dicomweb_client import DICOMfileClient, DICOMwebClient
 from pydicom.dataset import Dataset
 
+from . import qido
 from .dicomweb import DicomJSON
 from .errors import AccessDeniedError, ConfigurationError, DICOMwebError, NotFoundError
 from .multipart import ReadAhead, boundary_from_content_type, dataset_from_part, iter_parts
@@ -115,7 +122,7 @@ class _QidoByDelegation:
 
 
 
-class DICOMwebHTTPClient(_QidoByDelegation):
+class DICOMwebHTTPClient:
     """A DICOMweb origin server (the platform gateway, Orthanc, any PACS) over HTTP.
 
     Parameters
@@ -148,6 +155,72 @@ class DICOMwebHTTPClient(_QidoByDelegation):
     def __repr__(self) -> str:
         return f"DICOMwebHTTPClient({self.url!r})"
 
+    @_translate_errors
+    def search_for_studies(self, *, search_filters: dict[str, Any] | None = None,
+                           fields: Sequence[str] | None = None, limit: int | None = None,
+                           offset: int | None = None) -> list[DicomJSON]:
+        return self._search("studies", search_filters, fields, limit, offset)
+
+    @_translate_errors
+    def search_for_series(self, study_instance_uid: str | None = None, *,
+                          search_filters: dict[str, Any] | None = None, fields: Sequence[str] | None = None,
+                          limit: int | None = None, offset: int | None = None) -> list[DicomJSON]:
+        path = f"studies/{self._uid(study_instance_uid)}/series" if study_instance_uid else "series"
+        return self._search(path, search_filters, fields, limit, offset)
+
+    @_translate_errors
+    def search_for_instances(self, study_instance_uid: str | None = None,
+                             series_instance_uid: str | None = None, *,
+                             search_filters: dict[str, Any] | None = None, fields: Sequence[str] | None = None,
+                             limit: int | None = None, offset: int | None = None) -> list[DicomJSON]:
+        path = "instances"
+        if series_instance_uid:
+            if not study_instance_uid:
+                raise ConfigurationError("search_for_instances: a series UID needs its study UID")
+            path = f"studies/{self._uid(study_instance_uid)}/series/{self._uid(series_instance_uid)}/instances"
+        elif study_instance_uid:
+            path = f"studies/{self._uid(study_instance_uid)}/instances"
+        return self._search(path, search_filters, fields, limit, offset)
+
+    @staticmethod
+    def _uid(uid: str) -> str:
+        if len(uid) > 64 or not _UID.fullmatch(uid):
+            raise ConfigurationError(f"{uid!r} is not a valid DICOM UID")
+        return uid
+
+    def _search(self, path: str, search_filters: dict[str, Any] | None, fields: Sequence[str] | None,
+                limit: int | None, offset: int | None) -> list[DicomJSON]:
+        """GET ``path`` with the query encoded by :mod:`medimg_kernel.qido`; results matching exactly.
+
+        A filter value with a space is sent with ``?`` in its place; results that carry the
+        attribute are checked against the exact value, and paging is then applied here.
+        """
+        pairs = qido.query_pairs(search_filters or {})
+        exact = qido.approximated(pairs)
+        pairs += [("includefield", f) for f in qido.include_fields(exact, list(fields or []))]
+        paging = [("limit", str(limit))] if limit is not None else []
+        paging += [("offset", str(offset))] if offset else []
+        url = f"{self.url}/{path}?{qido.encode_query(qido.upstream_pairs(pairs + ([] if exact else paging)))}"
+        response = self._get_with_retries(url)
+        if response.status_code == 204 or not response.content.strip():
+            return []
+        items: list[DicomJSON] = response.json()
+        if exact:
+            items = [i for i in items if qido.item_matches(i, exact) is not False]
+            start = offset or 0
+            items = items[start:start + limit if limit is not None else None]
+        return items
+
+    def _get_with_retries(self, url: str) -> requests.Response:
+        """GET ``url`` as DICOM JSON; 429/503 retried (``RETRY_ATTEMPTS``, exponential back-off)."""
+        for attempt in range(RETRY_ATTEMPTS):
+            response = self._session.get(url, headers={"Accept": "application/dicom+json"}, timeout=self._timeout)
+            if response.status_code not in (429, 503) or attempt == RETRY_ATTEMPTS - 1:
+                break
+            time.sleep(RETRY_BACKOFF_MS / 1000 * 2 ** attempt)
+        response.raise_for_status()
+        return response
+
     def retrieve_series(self, study_instance_uid: str, series_instance_uid: str) -> list[Dataset]:
         return list(self.iter_series(study_instance_uid, series_instance_uid))
 
@@ -170,10 +243,27 @@ class DICOMwebHTTPClient(_QidoByDelegation):
         return self._client.retrieve_series_metadata(study_instance_uid, series_instance_uid)
 
     @_translate_errors
-    def store_instances(self, datasets: Sequence[Dataset], study_instance_uid: str | None = None) -> Dataset:
+    def store_instances(self, datasets: Sequence[Dataset], study_instance_uid: str | None = None, *,
+                        dataset: str | None = None) -> Dataset:
+        """STOW-RS; ``dataset`` (the platform gateway only) names the dataset new studies go into."""
         if not datasets:
             raise ConfigurationError("store_instances needs at least one dataset")
-        return self._client.store_instances(list(datasets), study_instance_uid)
+        if dataset is None:
+            return self._client.store_instances(list(datasets), study_instance_uid)
+        boundary = os.urandom(16).hex()
+        parts = []
+        for ds in datasets:
+            buffer = io.BytesIO()
+            ds.save_as(buffer, enforce_file_format=True)
+            parts += [f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode(), buffer.getvalue(), b"\r\n"]
+        parts.append(f"--{boundary}--\r\n".encode())
+        path = f"studies/{self._uid(study_instance_uid)}" if study_instance_uid else "studies"
+        response = self._session.post(
+            f"{self.url}/{path}?{qido.encode_query([('dataset', dataset)])}", data=b"".join(parts), timeout=self._timeout,
+            headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                     "Accept": "application/dicom+json"})
+        response.raise_for_status()
+        return Dataset.from_json(response.json()) if response.content.strip() else Dataset()
 
     def _stream(self, name: str, path: str) -> Iterator[Dataset]:
         """GET a WADO-RS resource and yield its instances while the response arrives."""

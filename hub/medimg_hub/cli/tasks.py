@@ -51,7 +51,9 @@ def tasks() -> None:
 @tasks.command("submit")
 @click.argument("pipeline_id")
 @click.option("--study", "studies", multiple=True, help="StudyInstanceUID (repeat for a cohort).")
-@click.option("--query", "queries", multiple=True, help="Cohort by QIDO-RS: KEY=VALUE, e.g. InstitutionName=SITEA.")
+@click.option("--query", "queries", multiple=True,
+              help="Cohort by QIDO-RS: KEY=VALUE (repeat; all must match), e.g. \"InstitutionName=Northfield General "
+                   "Hospital (synthetic)\", PatientID=SITEA*, StudyDate=20200101-20201231, Modality=CT.")
 @click.option("--all-studies", is_flag=True, help="Every study in the PACS.")
 @click.option("--series-filter", "series_filters", multiple=True, default=("Modality=CT",), show_default=True,
               help="KEY=VALUE selecting the one series per study the pipeline runs on.")
@@ -65,8 +67,11 @@ def tasks_submit(settings: Settings, pipeline_id: str, studies: tuple[str, ...],
     """Run PIPELINE_ID for one study, a list of studies or a query (validated before queuing)."""
     from tqdm import tqdm
 
+    from medimg_kernel.cohort import find_studies
+    from medimg_kernel.qido import QueryError
+
     from medimg_hub.pacs.orthanc import OrthancServer
-    from medimg_hub.pipeline.service import TaskService, find_studies, resolve_targets
+    from medimg_hub.pipeline.service import TaskService, resolve_targets
 
     service = TaskService(settings)
     service.pipeline(pipeline_id)  # an unknown pipeline is refused before the PACS is asked
@@ -75,7 +80,16 @@ def tasks_submit(settings: Settings, pipeline_id: str, studies: tuple[str, ...],
         client = OrthancServer(settings).client()
         uids = list(studies)
         if queries or all_studies:
-            uids += [u for u in find_studies(client, _pairs(queries, "--query")) if u not in uids]
+            query = _pairs(queries, "--query")
+            try:
+                found = find_studies(client, query)
+            except QueryError as exc:
+                raise click.BadParameter(str(exc), param_hint="--query") from exc
+            if not found:
+                shown = " ".join(f"{k}={v!r}" for k, v in query.items()) or "(every study)"
+                raise click.ClickException(f"no study matches {shown}; nothing was queued. Values match exactly "
+                                           "unless they hold * or ? (wildcards); dates take ranges (20200101-20201231)")
+            uids += [u for u in found if u not in uids]
         targets = resolve_targets(client, uids, _pairs(series_filters, "--series-filter"))
     with tqdm(total=max(len(targets), 1), desc=f"submitting {pipeline_id}", unit="run", file=sys.stderr) as bar:
         created = service.submit(pipeline_id, _pairs(params, "--param"), owner=owner, targets=targets,

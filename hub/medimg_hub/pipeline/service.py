@@ -42,12 +42,6 @@ class RunTarget:
     series_instance_uid: str | None = None
 
 
-def find_studies(client: DICOMwebProtocol, search_filters: Mapping[str, Any]) -> list[str]:
-    """StudyInstanceUIDs of the studies matching a QIDO-RS query (e.g. ``{"InstitutionName": "SITEA"}``)."""
-    return [uid for item in client.search_for_studies(search_filters=dict(search_filters))
-            if (uid := first_value(item, "0020000D", None))]
-
-
 def resolve_targets(client: DICOMwebProtocol, studies: Sequence[str],
                     series_filters: Mapping[str, Any]) -> list[RunTarget]:
     """Pick, for each study, the one series matching ``series_filters`` (e.g. ``{"Modality": "CT"}``)."""

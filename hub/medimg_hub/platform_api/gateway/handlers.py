@@ -28,6 +28,7 @@ from typing import Any
 from tornado.iostream import SSLIOStream, StreamClosedError
 from tornado.web import stream_request_body
 
+from medimg_kernel import qido
 from medimg_kernel.dicom_json import first_value
 
 from medimg_hub.access.datasets import Rights
@@ -133,15 +134,21 @@ class DicomWebHandler(PlatformHandler):
                 self.audit_fields["detail"] = "study not in a readable dataset: empty result"
                 return self._answer_qido([])
             self.audit_fields["dataset"] = await self.ctx.run(self.ctx.directory.dataset_of, self.target.study)
-            return self._answer_qido(await self._search(self.query, studies))
+            if not qido.approximated(self.query):
+                return self._answer_qido(await self._search(self.query, studies))
+            offset, limit = self._paging({k: v for k, v in self.query if k in _PAGING_KEYS})
+            found = await self._search([(k, v) for k, v in self.query if k not in _PAGING_KEYS], studies)
+            return self._answer_qido(found[offset:offset + limit if limit is not None else None])
         asked = [uid for key, value in self.query if key in _STUDY_UID_KEYS for uid in value.split(",")]
         allowed = sorted(studies.intersection(asked) if asked else studies)
         if not allowed:
             return self._answer_qido([])
         query = [(k, v) for k, v in self.query if k not in _STUDY_UID_KEYS]
         uid_list = ",".join(allowed)
-        if len(uid_list) <= MAX_UID_LIST_CHARS:
+        if len(uid_list) <= MAX_UID_LIST_CHARS and not qido.approximated(query):
             return self._answer_qido(await self._search([*query, ("StudyInstanceUID", uid_list)], studies))
+        if len(uid_list) <= MAX_UID_LIST_CHARS:
+            query.append(("StudyInstanceUID", uid_list))
         paging = {k: v for k, v in query if k in _PAGING_KEYS}
         query = [(k, v) for k, v in query if k not in _PAGING_KEYS]
         found = [i for i in await self._search(query, studies) if first_value(i, "0020000D", None) in allowed]
@@ -160,8 +167,18 @@ class DicomWebHandler(PlatformHandler):
         return offset, limit
 
     async def _search(self, query: list[tuple[str, str]], studies: frozenset[str]) -> list[dict[str, Any]]:
-        """Forward a QIDO-RS query; keep only results in ``studies``."""
-        query = [*query, ("includefield", "0020000D")]
+        """Forward a QIDO-RS query; keep only results in ``studies``.
+
+        A filter value with an inner space goes to Orthanc with ``?`` in its place (Orthanc matches
+        no value with a space, :mod:`medimg_kernel.qido`); results that carry the attribute are
+        then checked against the exact value. The caller pages such answers itself.
+        """
+        exact = qido.approximated(query)
+        try:
+            fields = qido.include_fields(exact, ["0020000D"])
+        except qido.QueryError as exc:
+            raise BadRequest(str(exc)) from exc
+        query = [*qido.upstream_pairs(query), *(("includefield", f) for f in fields)]
         answer = await self.ctx.orthanc.get(self.target.path, encode_query(query), {"Accept": DICOM_JSON})
         if answer.status == 204 or not answer.body.strip():
             return []
@@ -171,7 +188,35 @@ class DicomWebHandler(PlatformHandler):
             items = json.loads(answer.body)
         except ValueError:
             self.refuse(502, "Orthanc's QIDO-RS answer is not JSON")
-        return [item for item in items if isinstance(item, dict) and first_value(item, "0020000D", None) in studies]
+        found = [item for item in items if isinstance(item, dict) and first_value(item, "0020000D", None) in studies]
+        if not exact:
+            return found
+        kept = []
+        for item in found:
+            verdict = qido.item_matches(item, exact)
+            if verdict is None:
+                verdict = await self._verify_on_instance(item, exact)
+            if verdict:
+                kept.append(item)
+        return kept
+
+    async def _verify_on_instance(self, item: dict[str, Any], exact: dict[str, str]) -> bool:
+        """Check ``exact`` on one instance of the result's study (or series): Orthanc returns some
+        attributes (InstitutionName) only at the instance level. The values found are added to
+        ``item``, so the caller gets the attributes it filtered on."""
+        study, series = first_value(item, "0020000D"), first_value(item, "0020000E", None)
+        path = f"studies/{study}/series/{series}/instances" if series else f"studies/{study}/instances"
+        fields = qido.include_fields(exact)
+        query = [*qido.upstream_pairs(list(exact.items())), *(("includefield", f) for f in fields), ("limit", "1")]
+        answer = await self.ctx.orthanc.get(path, encode_query(query), {"Accept": DICOM_JSON})
+        try:
+            instances = json.loads(answer.body) if answer.status == 200 and answer.body.strip() else []
+        except ValueError:
+            instances = []
+        if not instances or qido.item_matches(instances[0], exact) is not True:
+            return False
+        item.update({tag: instances[0][tag] for tag in fields if tag in instances[0]})
+        return True
 
     def _answer_qido(self, items: list[dict[str, Any]]) -> None:
         self.audit_fields.setdefault("detail", f"{len(items)} results")

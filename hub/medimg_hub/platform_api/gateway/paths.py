@@ -12,7 +12,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from urllib.parse import urlencode
+
+from medimg_kernel import qido
 
 #: A DICOM UID (PS3.5 §9.1): digits and dots, at most 64 characters.
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
@@ -179,8 +180,10 @@ def clean_query(arguments: Mapping[str, Iterable[bytes]]) -> list[tuple[str, str
 
 
 def encode_query(pairs: Iterable[tuple[str, str]]) -> str:
-    """A query string from validated pairs (re-encoded: nothing is passed through raw)."""
-    return urlencode(list(pairs))
+    """A query string from validated pairs (re-encoded: nothing is passed through raw), with the
+    QIDO-RS wildcards ``*``/``?`` and the UID-list ``,`` literal (Orthanc matches ``%2A`` as a
+    literal asterisk: :mod:`medimg_kernel.qido`)."""
+    return qido.encode_query(pairs)
 
 
 def clean_header(value: str | None, default: str) -> str:
