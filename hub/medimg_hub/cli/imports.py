@@ -1,0 +1,74 @@
+"""``medimg import PATH... [--dataset D]``: DICOM files, folders, zip archives and DICOMDIRs into the PACS."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from medimg_hub.settings import Settings
+
+
+@click.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=False))
+@click.option("--dataset", default=None,
+              help="Put every imported study in this dataset (default: by InstitutionName, as [[datasets]] say; "
+                   "a study that matches none stays unassigned, visible to admins only).")
+@click.option("--batch-mb", default=64, show_default=True, help="Upper size of one STOW-RS request, in MB.")
+@click.pass_obj
+def import_command(settings: Settings, paths: tuple[str, ...], dataset: str | None, batch_mb: int) -> None:
+    """Import DICOM files into the platform PACS: files, folders (recursively), zip archives, DICOMDIRs.
+
+    Idempotent: instances the PACS holds already are not sent again. Files that are not DICOM or
+    are malformed are listed with the reason and skipped; the rest goes on. Exits 1 when a file
+    was skipped, 0 otherwise.
+    """
+    from sqlalchemy import select
+    from sqlalchemy.orm import sessionmaker
+    from tqdm import tqdm
+
+    from medimg_kernel.errors import AccessDeniedError
+    from medimg_kernel.importer import discover, import_files
+
+    from medimg_hub.access.datasets import assign_study, ingest_assigner
+    from medimg_hub.access.models import Dataset, DatasetStudy
+    from medimg_hub.db import make_engine
+    from medimg_hub.pacs.orthanc import OrthancServer
+
+    engine = make_engine(settings.database_url)
+    sessions = sessionmaker(engine)
+    unassigned: list[str] = []
+    if dataset is not None:
+        with sessions() as session:
+            if session.get(Dataset, dataset) is None:
+                known = ", ".join(sorted(session.scalars(select(Dataset.name))))
+                raise click.BadParameter(f"no dataset {dataset!r}; known: {known or 'none'}", param_hint="--dataset")
+
+        def assign(study: str, institution: str | None) -> None:
+            with sessions.begin() as session:
+                if assign_study(session, study, institution, dataset=dataset) != dataset:
+                    raise AccessDeniedError("it is in another dataset already; nothing of it was stored (move it "
+                                            "first, or import without --dataset)")
+    else:
+        by_institution = ingest_assigner(engine)
+
+        def assign(study: str, institution: str | None) -> None:
+            by_institution(study, institution)
+            with sessions() as session:
+                if session.get(DatasetStudy, study) is None:
+                    unassigned.append(study)
+
+    total = sum(1 for _ in discover(paths))
+    pacs = OrthancServer(settings)
+    with tqdm(total=total, desc="importing", unit="file", file=sys.stderr) as bar:
+        report = import_files(pacs.client(), paths, assign=assign, progress=bar.update,
+                              batch_bytes=batch_mb * 1024 * 1024)
+    engine.dispose()
+    click.echo(report.summary())
+    for skipped in report.skipped:
+        click.echo(f"  skipped {skipped.source}: {skipped.reason}")
+    if unassigned:
+        click.echo(f"  {len(unassigned)} studies are in no dataset (their InstitutionName matches no [[datasets]] "
+                   "table): visible to admins only")
+    if report.skipped:
+        sys.exit(1)
