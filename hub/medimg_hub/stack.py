@@ -66,6 +66,8 @@ def platform_services(settings: Settings, *, hub: bool = True) -> list[Service]:
     API as its managed service) last. ``hub=False`` leaves it out (pipelines without logins)."""
     services: list[Service] = [OrthancServer(settings), RedisBroker(settings), MlflowServer(settings),
                                *queue_services(settings)]
+    if settings.receiver.port:  # the DICOM receiver stores into the PACS: after it
+        services.insert(1, CommandService(settings, "dicom-receiver", ["receiver"], ready_text="DICOM receiver listening"))
     if hub:
         from medimg_hub.servers.jupyterhub import JupyterHubServer
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from pydicom.fileset import FileSet
 
 from medimg_hub.access.datasets import DatasetDirectory, sync_datasets
-from medimg_hub.cli.imports import import_command
+from medimg_hub.cli.intake import import_command
 from medimg_hub.db import make_engine
 from medimg_hub.db.migrations import upgrade
 from medimg_hub.pacs.ingest import ingest_files

@@ -20,6 +20,7 @@ import tomli_w
 from medimg_kernel.errors import ConfigurationError
 
 from medimg_hub.settings.federation import FederationSettings, validate_federation
+from medimg_hub.settings.receiver import ReceiverSettings, RouteSettings, validate_receiver
 
 #: The repository root (``hub/medimg_hub/settings/sections.py`` → four levels up).
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -213,6 +214,9 @@ class DatasetSettings:
     write: tuple[str, ...] = ()
     review: tuple[str, ...] = ()
     finalise: tuple[str, ...] = ()
+    #: Accept only image objects from the DICOM receiver (``[receiver]``): a structured report,
+    #: presentation state or other non-image object routed here is refused with its SOP class named.
+    images_only: bool = False
 
 
 #: The demo's datasets: one per demo site (see medimg.toml).
@@ -253,6 +257,8 @@ class Settings:
     datasets: tuple[DatasetSettings, ...] = DEFAULT_DATASETS
     demo: DemoSettings = field(default_factory=DemoSettings)
     federation: FederationSettings = field(default_factory=FederationSettings)
+    receiver: ReceiverSettings = field(default_factory=ReceiverSettings)
+    routes: tuple[RouteSettings, ...] = ()
     #: The folder relative paths are resolved against (the settings file's folder).
     base_dir: Path = REPO_ROOT
     #: The file these settings were read from (None: built-in defaults).
@@ -303,8 +309,8 @@ def dump_settings(settings: Settings, path: Path) -> Path:
     for section in dataclasses.fields(settings):
         if section.name in ("base_dir", "config_file"):
             continue
-        if section.name == "datasets":
-            document["datasets"] = [_toml_table(dataset, settings) for dataset in settings.datasets]
+        if section.name in ("datasets", "routes"):
+            document[section.name] = [_toml_table(table, settings) for table in getattr(settings, section.name)]
         else:
             document[section.name] = _toml_table(getattr(settings, section.name), settings)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -386,13 +392,18 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     sections = {
         "platform": PlatformSettings, "pacs": PacsSettings, "mlflow": MlflowSettings, "queue": QueueSettings,
         "tasks": TasksSettings, "pipelines": PipelinesSettings, "review": ReviewSettings, "hub": HubSettings,
-        "demo": DemoSettings, "federation": FederationSettings,
+        "demo": DemoSettings, "federation": FederationSettings, "receiver": ReceiverSettings,
     }
-    unknown = sorted(set(raw) - set(sections) - {"datasets"})
+    unknown = sorted(set(raw) - set(sections) - {"datasets", "routes"})
     if unknown:
-        raise ConfigurationError(f"unknown section(s) {unknown} in {file}; valid: {sorted(sections)} and [[datasets]]")
+        raise ConfigurationError(f"unknown section(s) {unknown} in {file}; valid: {sorted(sections)}, [[datasets]] "
+                                 "and [[routes]]")
     built: dict[str, Any] = {name: _build(cls, name, raw.get(name, {})) for name, cls in sections.items()}
     built["datasets"] = _datasets(raw.get("datasets"))
+    routes = raw.get("routes", [])
+    if not isinstance(routes, list):
+        raise ConfigurationError("routes must be an array of tables: [[routes]] ...")
+    built["routes"] = tuple(_build(RouteSettings, f"routes[{i}]", table) for i, table in enumerate(routes))
     _validate(built)
     return Settings(**built, base_dir=file.resolve().parent, config_file=file.resolve())
 
@@ -446,4 +457,7 @@ def _validate(built: dict[str, Any]) -> None:
     if demo.n_sites < 1 or demo.studies_per_site < 1:
         raise ConfigurationError("[demo] n_sites and studies_per_site must be at least 1")
     validate_federation(built["federation"], [d.name for d in built["datasets"]], ports)
+    validate_receiver(built["receiver"], built["routes"], [d.name for d in built["datasets"]])
+    if built["receiver"].port and built["receiver"].port in {p for _, _, p in ports}:
+        raise ConfigurationError(f"[receiver] port={built['receiver'].port} is another service's port")
 

@@ -1,4 +1,5 @@
-"""``medimg import PATH... [--dataset D]``: DICOM files, folders, zip archives and DICOMDIRs into the PACS."""
+"""How images come in from the command line: ``medimg import`` (files, folders, zip archives, DICOMDIRs),
+``medimg receiver`` (the DICOM C-STORE receiver, in this process) and ``medimg datasets`` (what is where)."""
 
 from __future__ import annotations
 
@@ -71,4 +72,66 @@ def import_command(settings: Settings, paths: tuple[str, ...], dataset: str | No
         click.echo(f"  {len(unassigned)} studies are in no dataset (their InstitutionName matches no [[datasets]] "
                    "table): visible to admins only")
     if report.skipped:
+        sys.exit(1)
+
+
+@click.command("receiver")
+@click.pass_obj
+def receiver_command(settings: Settings) -> None:
+    """Run the DICOM receiver ([receiver], [[routes]]) in this process (``medimg up`` starts it when its port is set)."""
+    from medimg_hub.pacs.receiver import run_receiver
+
+    if not settings.receiver.port:
+        raise click.ClickException("[receiver] port is 0 (off): set it, and the senders allowed, in the settings file")
+    run_receiver(settings)
+
+
+@click.group("datasets")
+def datasets_group() -> None:
+    """Datasets and the studies in them."""
+
+
+@datasets_group.command("list")
+@click.pass_obj
+def datasets_list(settings: Settings) -> None:
+    """Every dataset with its number of studies."""
+    from sqlalchemy import func, select
+    from sqlalchemy.orm import Session
+
+    from medimg_hub.access.models import Dataset, DatasetStudy
+    from medimg_hub.db import make_engine
+
+    engine = make_engine(settings.database_url)
+    with Session(engine) as session:
+        counts = dict(session.execute(select(DatasetStudy.dataset, func.count()).group_by(DatasetStudy.dataset)).all())
+        for name, description in session.execute(select(Dataset.name, Dataset.description).order_by(Dataset.name)):
+            click.echo(f"{name:<20} {counts.get(name, 0):>6} studies  {description or ''}")
+    engine.dispose()
+
+
+@datasets_group.command("unassigned")
+@click.pass_obj
+def datasets_unassigned(settings: Settings) -> None:
+    """Studies in the PACS that are in no dataset (nobody but admins sees them); exits 1 if there are any."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from medimg_kernel.dicom_json import first_value
+
+    from medimg_hub.access.models import DatasetStudy
+    from medimg_hub.db import make_engine
+    from medimg_hub.pacs.orthanc import OrthancServer
+
+    engine = make_engine(settings.database_url)
+    with Session(engine) as session:
+        assigned = set(session.scalars(select(DatasetStudy.study_instance_uid)))
+    engine.dispose()
+    fields = ["00080020", "00080061", "00201208"]
+    found = [item for item in OrthancServer(settings).client().search_for_studies(fields=fields)
+             if first_value(item, "0020000D", None) not in assigned]
+    for item in found:
+        click.echo(f"{first_value(item, '0020000D')}  date {first_value(item, '00080020', '-')}  "
+                   f"{first_value(item, '00080061', '-')}  {first_value(item, '00201208', '?')} instances")
+    click.echo(f"{len(found)} studies in no dataset")
+    if found:
         sys.exit(1)
