@@ -39,6 +39,11 @@ class StageContext:
     outputs_path: str = ""
     dicomweb_url: str = ""
     dicomweb_auth: tuple[str, str] | None = None
+    #: More of how to reach the PACS when it is a hospital's (``[pacs] url``): headers (a bearer
+    #: token), a TLS client certificate (certificate, key) and TLS verification (bool or CA file).
+    dicomweb_headers: dict[str, str] = field(default_factory=dict)
+    dicomweb_cert: tuple[str, str] | None = None
+    dicomweb_verify: bool | str = True
     tracking_uri: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -49,8 +54,13 @@ class StageContext:
         if not self.dicomweb_url:
             return connect()
         session = requests.Session()
+        session.trust_env = False
         if self.dicomweb_auth:
             session.auth = self.dicomweb_auth
+        session.headers.update(self.dicomweb_headers)
+        if self.dicomweb_cert:
+            session.cert = self.dicomweb_cert
+        session.verify = self.dicomweb_verify
         return DICOMwebHTTPClient(self.dicomweb_url, session=session)
 
     def to_file(self, path: Path) -> Path:
@@ -76,8 +86,9 @@ def stage_context(medimg_job: str | os.PathLike[str] | None) -> StageContext:
         raw = json.loads(Path(medimg_job).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigurationError(f"medimg_job={medimg_job!r} is not a readable job context file: {exc}") from exc
-    auth = raw.get("dicomweb_auth")
-    return StageContext(**{**raw, "dicomweb_auth": tuple(auth) if auth else None})
+    auth, cert = raw.get("dicomweb_auth"), raw.get("dicomweb_cert")
+    return StageContext(**{**raw, "dicomweb_auth": tuple(auth) if auth else None,
+                           "dicomweb_cert": tuple(cert) if cert else None})
 
 
 def record_outputs(context: StageContext, **outputs: Any) -> dict[str, Any]:

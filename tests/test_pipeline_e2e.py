@@ -3,7 +3,9 @@ MLflow server and registry, the dispatcher, a Celery worker running papermill ke
 
 Several demo studies are submitted; each run must leave a model SEG and an SR in the PACS that
 reference the right series, wait for review, and be traceable task → executed notebook →
-SOP Instance UIDs → MLflow run → registered model version. The task store is SQLite, then PostgreSQL."""
+SOP Instance UIDs → MLflow run → registered model version. The task store is SQLite, then PostgreSQL;
+then the PACS is a hospital's by URL (``[pacs] url``: another Orthanc with its own account and URL prefix,
+not started by the platform)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ import requests
 from medimg_kernel.phantom.demo import generate_demo
 from medimg_hub.pacs.ingest import ingest_files
 from medimg_hub.tracking.server import credentials as mlflow_credentials
-from medimg_hub.pacs.orthanc import OrthancServer
 from medimg_hub.servers.process import free_port
 from medimg_hub.stack import platform_services
 from medimg_hub.settings import (
@@ -28,7 +29,9 @@ from medimg_kernel.model import SegmentationModelConfig
 from medimg_kernel.registry import ensure_segmentation_model
 from medimg_kernel.sr import read_sr_report
 from medimg_kernel.seg import describe_seg
+from medimg_hub.pacs.connection import pacs_connection
 from tests.hub.postgres import PostgresServer, postgres_available
+from tests.hub.test_external_pacs import external_pacs_settings, hospital_pacs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -36,11 +39,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TINY = SegmentationModelConfig(channels=(8, 16), strides=(2,), num_res_units=0, roi_size=(32, 32, 32))
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=["sqlite", "postgresql", "external"])
 def platform(request, tmp_path_factory):
     """Every service as a real process, demo studies in the PACS, a tiny registered model."""
     var_dir = tmp_path_factory.mktemp(f"e2e-{request.param}")
-    postgres = None
+    postgres = hospital = None
+    pacs_settings = PacsSettings(http_port=free_port())
+    if request.param == "external":
+        hospital = hospital_pacs(var_dir / "hospital")
+        hospital.start()
+        pacs_settings = external_pacs_settings(hospital, var_dir)
     database_url = f"sqlite:///{var_dir}/platform.db"
     if request.param == "postgresql":
         if reason := postgres_available():
@@ -50,7 +58,7 @@ def platform(request, tmp_path_factory):
         database_url = postgres.create_database()
     settings = Settings(
         platform=PlatformSettings(var_dir=var_dir),
-        pacs=PacsSettings(http_port=free_port()),
+        pacs=pacs_settings,
         mlflow=MlflowSettings(port=free_port(), backend_store_uri=f"sqlite:///{var_dir}/mlflow.db",
                               artifacts_dir=var_dir / "artifacts"),
         queue=QueueSettings(redis_port=free_port(), worker_groups=("segmentation",), dispatch_interval_s=0.5),
@@ -63,7 +71,7 @@ def platform(request, tmp_path_factory):
         for service in services:
             service.start()
         manifest = generate_demo(var_dir / "demo", n_sites=3, studies_per_site=1, seed=5)
-        pacs = OrthancServer(settings)
+        pacs = pacs_connection(settings)
         ingest_files(pacs.client(), [var_dir / "demo" / f for s in manifest.studies for f in s.files])
         loaded, trained = ensure_segmentation_model(pacs.client(), settings.mlflow_tracking_uri, config=TINY,
                                                     epochs=1, holdout=0.34)
@@ -74,6 +82,8 @@ def platform(request, tmp_path_factory):
             service.stop()
         if postgres is not None:
             postgres.stop()
+        if hospital is not None:
+            hospital.stop()
 
 
 def _wait_all(service, task_ids, predicate, timeout_s=300):
@@ -88,7 +98,9 @@ def _wait_all(service, task_ids, predicate, timeout_s=300):
 
 def test_cohort_runs_store_seg_and_sr_with_lineage(platform):
     settings, manifest, loaded = platform
-    client = OrthancServer(settings).client()
+    client = pacs_connection(settings).client()
+    if settings.pacs.url:  # the hospital's PACS: the platform configured no Orthanc of its own
+        assert "/hospital/dicom-web" in client.url and not (settings.var_dir / "orthanc").exists()
     service = TaskService(settings)
     studies = [s.study_instance_uid for s in manifest.studies]
     targets = resolve_targets(client, studies, {"Modality": "CT"})
@@ -135,7 +147,7 @@ def test_cohort_runs_store_seg_and_sr_with_lineage(platform):
 
 def test_a_series_that_fails_to_load_fails_its_job_with_the_reason(platform):
     settings, manifest, _ = platform
-    client = OrthancServer(settings).client()
+    client = pacs_connection(settings).client()
     before = len(client.search_for_instances(manifest.studies[0].study_instance_uid))
     service = TaskService(settings)
     [task] = service.submit("organ-segmentation", {}, owner="engineer1",

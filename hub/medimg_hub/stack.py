@@ -64,10 +64,12 @@ def queue_services(settings: Settings) -> list[CommandService]:
 def platform_services(settings: Settings, *, hub: bool = True) -> list[Service]:
     """Every service ``medimg up`` starts, dependencies first; the hub (which runs the platform
     API as its managed service) last. ``hub=False`` leaves it out (pipelines without logins)."""
-    services: list[Service] = [OrthancServer(settings), RedisBroker(settings), MlflowServer(settings),
-                               *queue_services(settings)]
+    services: list[Service] = [RedisBroker(settings), MlflowServer(settings), *queue_services(settings)]
+    if not settings.pacs.url:  # the embedded Orthanc; a PACS by URL is the hospital's to run
+        services.insert(0, OrthancServer(settings))
     if settings.receiver.port:  # the DICOM receiver stores into the PACS: after it
-        services.insert(1, CommandService(settings, "dicom-receiver", ["receiver"], ready_text="DICOM receiver listening"))
+        services.insert(1 if not settings.pacs.url else 0,
+                        CommandService(settings, "dicom-receiver", ["receiver"], ready_text="DICOM receiver listening"))
     if hub:
         from medimg_hub.servers.jupyterhub import JupyterHubServer
 

@@ -34,7 +34,7 @@ def import_command(settings: Settings, paths: tuple[str, ...], dataset: str | No
     from medimg_hub.access.datasets import assign_study, ingest_assigner
     from medimg_hub.access.models import Dataset, DatasetStudy
     from medimg_hub.db import make_engine
-    from medimg_hub.pacs.orthanc import OrthancServer
+    from medimg_hub.pacs.connection import pacs_connection
 
     engine = make_engine(settings.database_url)
     sessions = sessionmaker(engine)
@@ -60,7 +60,7 @@ def import_command(settings: Settings, paths: tuple[str, ...], dataset: str | No
                     unassigned.append(study)
 
     total = sum(1 for _ in discover(paths))
-    pacs = OrthancServer(settings)
+    pacs = pacs_connection(settings)
     with tqdm(total=total, desc="importing", unit="file", file=sys.stderr) as bar:
         report = import_files(pacs.client(), paths, assign=assign, progress=bar.update,
                               batch_bytes=batch_mb * 1024 * 1024)
@@ -120,14 +120,14 @@ def datasets_unassigned(settings: Settings) -> None:
 
     from medimg_hub.access.models import DatasetStudy
     from medimg_hub.db import make_engine
-    from medimg_hub.pacs.orthanc import OrthancServer
+    from medimg_hub.pacs.connection import pacs_connection
 
     engine = make_engine(settings.database_url)
     with Session(engine) as session:
         assigned = set(session.scalars(select(DatasetStudy.study_instance_uid)))
     engine.dispose()
     fields = ["00080020", "00080061", "00201208"]
-    found = [item for item in OrthancServer(settings).client().search_for_studies(fields=fields)
+    found = [item for item in pacs_connection(settings).client().search_for_studies(fields=fields)
              if first_value(item, "0020000D", None) not in assigned]
     for item in found:
         click.echo(f"{first_value(item, '0020000D')}  date {first_value(item, '00080020', '-')}  "

@@ -22,6 +22,7 @@ from medimg_hub.cli import federation as cli_federation
 from medimg_hub.cli import tasks as cli_tasks
 from medimg_hub.cli.intake import datasets_group, import_command, receiver_command
 from medimg_hub.cli.users import users
+from medimg_hub.pacs.connection import PacsConnection
 from medimg_hub.pacs.orthanc import OrthancServer
 from medimg_hub.servers.process import ServiceError
 from medimg_hub.servers.runner import redact_logs
@@ -73,7 +74,18 @@ def up(settings: Settings, demo: bool) -> None:
     """Start the platform's services and load the demo data (idempotent)."""
     from medimg_hub.db.migrations import upgrade
 
+    from medimg_kernel.errors import DICOMwebError
+
+    from medimg_hub.pacs.connection import pacs_connection
+
     logins: dict[str, str] = {}
+    pacs = pacs_connection(settings)
+    if not pacs.embedded:  # a hospital's PACS: not ours to start, but it must answer
+        try:
+            pacs.client().search_for_studies(limit=1)
+        except DICOMwebError as exc:
+            raise click.ClickException(f"the PACS at [pacs] url does not answer QIDO-RS: {exc}") from exc
+        click.echo(f"PACS (external DICOMweb, {settings.pacs.auth} authentication) at {pacs.dicomweb_url}")
     for service in platform_services(settings):
         if service.name == "dispatcher":
             upgrade(settings.database_url)  # the queue's processes need the newest schema
@@ -85,7 +97,6 @@ def up(settings: Settings, demo: bool) -> None:
         click.echo(f"{_describe(service.name)} {'started' if started else 'already running'} at {service.process.url}")
         if isinstance(service, OrthancServer):
             click.echo(f"  hub-side credentials: {service.secret_file} (mode 0600; never given to kernels)")
-            pacs = service
     if demo:
         _load_demo(settings, pacs)
         _print_logins(settings, logins)
@@ -101,7 +112,7 @@ def _print_logins(settings: Settings, created: dict[str, str]) -> None:
     click.echo(f"  passwords are printed once; they stay in {passwords_file(settings)} (mode 0600)")
 
 
-def _load_demo(settings: Settings, pacs: OrthancServer) -> None:
+def _load_demo(settings: Settings, pacs: PacsConnection) -> None:
     from tqdm import tqdm
 
     from medimg_kernel.phantom.demo import generate_demo

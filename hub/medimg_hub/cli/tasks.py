@@ -70,14 +70,14 @@ def tasks_submit(settings: Settings, pipeline_id: str, studies: tuple[str, ...],
     from medimg_kernel.cohort import find_studies
     from medimg_kernel.qido import QueryError
 
-    from medimg_hub.pacs.orthanc import OrthancServer
+    from medimg_hub.pacs.connection import pacs_connection
     from medimg_hub.pipeline.service import TaskService, resolve_targets
 
     service = TaskService(settings)
     service.pipeline(pipeline_id)  # an unknown pipeline is refused before the PACS is asked
     targets = []
     if studies or queries or all_studies:
-        client = OrthancServer(settings).client()
+        client = pacs_connection(settings).client()
         uids = list(studies)
         if queries or all_studies:
             query = _pairs(queries, "--query")

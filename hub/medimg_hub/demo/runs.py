@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 
 from medimg_kernel.phantom.demo import DemoManifest
-from medimg_hub.pacs.orthanc import OrthancServer
+from medimg_hub.pacs.connection import pacs_connection
 from medimg_hub.pipeline.models import TaskRecord
 from medimg_hub.pipeline.service import RunTarget, TaskService
 from medimg_hub.settings import Settings
@@ -34,7 +34,7 @@ def ensure_demo_model(settings: Settings, progress: Callable[[int], object] | No
     from medimg_kernel.registry import ensure_segmentation_model
 
     loaded, trained = ensure_segmentation_model(
-        OrthancServer(settings).client(), settings.mlflow_tracking_uri,
+        pacs_connection(settings).client(), settings.mlflow_tracking_uri,
         name=settings.mlflow.registered_model, alias=settings.mlflow.model_alias, progress=progress,
     )
     return loaded.version, trained

@@ -31,16 +31,25 @@ def taking_part(settings: Settings) -> tuple[DatasetSettings, ...]:
 
 def site_node_configs(settings: Settings) -> dict[str, dict[str, str]]:
     """``{dataset name: Flower node config}``: the platform PACS, filtered by the dataset's institution."""
+    from medimg_hub.pacs.connection import pacs_connection
     from medimg_hub.pacs.orthanc import OrthancServer  # addresses and secret file only; nothing is started
 
-    pacs = OrthancServer(settings)
+    pacs = pacs_connection(settings)
+    if pacs.embedded:
+        credentials = str(OrthancServer(settings).secret_file)
+    elif settings.pacs.auth in ("basic", "none") and not pacs.is_tls:
+        credentials = str(settings.resolve(Path(settings.pacs.credentials_file))) if settings.pacs.credentials_file else ""
+    else:
+        raise ConfigurationError(f"[pacs] auth={settings.pacs.auth!r} over {pacs.dicomweb_url.split(':')[0]}: federation "
+                                 "sites read a PACS by URL with basic authentication (or none) over plain HTTP only; "
+                                 "give each site a folder or a PACS it reaches that way")
     configs = {}
     for dataset in taking_part(settings):
         if not dataset.institution:
             raise ConfigurationError(f"[[datasets]] {dataset.name!r} has no institution: a site needs it to find "
                                      "its own studies in the PACS; set it or leave the dataset out of "
                                      "[federation] datasets")
-        configs[dataset.name] = {"dicomweb-url": pacs.dicomweb_url, "credentials-file": str(pacs.secret_file),
+        configs[dataset.name] = {"dicomweb-url": pacs.dicomweb_url, "credentials-file": credentials,
                                  "qido-filter": f"InstitutionName={dataset.institution}"}
     return configs
 

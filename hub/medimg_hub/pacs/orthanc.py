@@ -34,7 +34,6 @@ from medimg_hub.settings import Settings
 log = logging.getLogger(__name__)
 
 ORTHANC_USER = "medimg-platform"
-DICOMWEB_ROOT = "/dicom-web/"
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ class OrthancServer:
         self.config_file = self.home / "orthanc.json"
         self.secret_file = settings.var_dir / "secrets" / "orthanc.json"
         self.base_url = f"http://127.0.0.1:{settings.pacs.http_port}"
-        self.dicomweb_url = self.base_url + DICOMWEB_ROOT.rstrip("/")
+        self.dicomweb_url = self.base_url + settings.pacs.dicomweb_root.rstrip("/")
         self.process = ManagedProcess(
             "orthanc",
             [settings.pacs.executable, str(self.config_file)],
@@ -109,7 +108,7 @@ class OrthancServer:
             "SaveJobs": False,
             "DicomWeb": {
                 "Enable": True,
-                "Root": DICOMWEB_ROOT,
+                "Root": pacs.dicomweb_root,
                 "EnableWado": False,
                 "Ssl": False,
                 "StudiesMetadata": "Full",

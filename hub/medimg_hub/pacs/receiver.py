@@ -265,9 +265,9 @@ def run_receiver(settings: Settings) -> None:
     """``medimg receiver``: serve until SIGTERM/SIGINT."""
     import signal
 
-    from medimg_hub.pacs.orthanc import OrthancServer
+    from medimg_hub.pacs.connection import pacs_connection
 
-    receiver = Receiver(settings, OrthancServer(settings).client())
+    receiver = Receiver(settings, pacs_connection(settings).client())
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

@@ -22,7 +22,7 @@ from medimg_kernel.pipeline import load_pipeline
 from medimg_kernel.stage import StageContext, read_outputs
 
 from medimg_hub.errors import NotJobOwnerError
-from medimg_hub.pacs.orthanc import OrthancServer
+from medimg_hub.pacs.connection import pacs_connection
 from medimg_hub.pipeline.models import JobRecord
 from medimg_hub.pipeline.notebook_runner import NotebookRunner, StageExecutionError
 from medimg_hub.pipeline.queue import RUN_JOB, dispatch_ready, make_celery
@@ -115,12 +115,12 @@ class JobRunner:
         return "succeeded"
 
     def _context(self, job: JobRecord, pipeline_id: str, workdir: Path) -> StageContext:
-        pacs = OrthancServer(self.settings)
-        creds = pacs.credentials()
+        pacs = pacs_connection(self.settings)
         context = StageContext(
             job_id=job.id, task_id=job.task_id, pipeline_id=pipeline_id, stage_id=job.stage_id,
-            outputs_path=str(workdir / "outputs.json"), dicomweb_url=pacs.dicomweb_url,
-            dicomweb_auth=(creds.username, creds.password), tracking_uri=self.settings.mlflow_tracking_uri,
+            outputs_path=str(workdir / "outputs.json"), dicomweb_url=pacs.dicomweb_url, dicomweb_auth=pacs.basic,
+            dicomweb_headers=pacs.headers(), dicomweb_cert=pacs.client_cert, dicomweb_verify=pacs.verify,
+            tracking_uri=self.settings.mlflow_tracking_uri,
             extra={"registered_model": self.settings.mlflow.registered_model, "model_alias": self.settings.mlflow.model_alias},
         )
         context.to_file(workdir / "context.json")

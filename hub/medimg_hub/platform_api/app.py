@@ -17,7 +17,7 @@ from medimg_hub.access.datasets import DatasetDirectory, sync_datasets
 from medimg_hub.access.identities import HubIdentities
 from medimg_hub.db import make_engine
 from medimg_hub.db.migrations import upgrade
-from medimg_hub.pacs.orthanc import OrthancServer
+from medimg_hub.pacs.connection import PacsConnection, pacs_connection
 from medimg_hub.pipeline import api as pipeline_api
 from medimg_hub.pipeline.access import TaskAccess
 from medimg_hub.pipeline.service import TaskService
@@ -62,21 +62,20 @@ def build_context(settings: Settings, env: Mapping[str, str], *, migrate: bool =
     hub_auth = HubAuth(api_token=env.get("JUPYTERHUB_API_TOKEN", ""),
                        api_url=env.get("JUPYTERHUB_API_URL", f"http://127.0.0.1:{settings.hub.api_port}/hub/api"),
                        access_scopes={f"access:services!service={name}"}, cache_max_age=60)
-    pacs = OrthancServer(settings)
-    creds = pacs.credentials()
+    pacs = pacs_connection(settings)
     executor = ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="platform-api")
     directory = DatasetDirectory(engine)
     service = TaskService(settings, TaskStore(settings.database_url))
     return PlatformContext(
         settings=settings, prefix=prefix, identities=HubIdentities(hub_auth), directory=directory,
         audit=AuditLog(engine), metrics=PlatformMetrics(),
-        orthanc=Orthanc(pacs.dicomweb_url, (creds.username, creds.password), executor),
+        orthanc=Orthanc(pacs, executor),
         tasks=TaskAccess(service, directory, engine, _series_lookup(pacs)),
         review=ReviewAccess(service, directory, engine, settings.review), executor=executor,
     )
 
 
-def _series_lookup(pacs: OrthancServer) -> Callable[[str], str | None]:
+def _series_lookup(pacs: PacsConnection) -> Callable[[str], str | None]:
     """StudyInstanceUID of a series, asked of Orthanc (``None``: no such series, or a malformed UID)."""
     session = pacs.session()
 

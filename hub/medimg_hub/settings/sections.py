@@ -57,6 +57,23 @@ class PacsSettings:
     plugins_dir: Path = Path("/usr/share/orthanc/plugins")
     #: HTTP worker threads of Orthanc.
     http_threads: int = 20
+    #: The embedded Orthanc's DICOMweb root path.
+    dicomweb_root: str = "/dicom-web/"
+    #: An external DICOMweb PACS instead of the embedded Orthanc: its DICOMweb base URL, e.g.
+    #: "https://pacs.example.org/dicom-web". "" = the embedded Orthanc (``medimg up`` starts it).
+    #: The gateway, pipelines, review, federation sites and imports all use it; the keys below
+    #: say how the platform authenticates to it.
+    url: str = ""
+    #: "none", "basic" (credentials_file: JSON {"username": ..., "password": ...}), "bearer"
+    #: (credentials_file: the token, one line) or "client-certificate" (client_certificate and
+    #: client_key, PEM). Keep the files mode 0600: they are the platform's key to every image.
+    auth: str = "none"
+    credentials_file: str = ""
+    client_certificate: str = ""
+    client_key: str = ""
+    #: Verify the external PACS's TLS certificate, against ca_file ("" = the system's CAs).
+    verify_tls: bool = True
+    ca_file: str = ""
 
 
 #: Path of the MLflow service behind the hub (``/services/<name>``), and the tracking server's
@@ -449,6 +466,17 @@ def _validate(built: dict[str, Any]) -> None:
         raise ConfigurationError("[queue] worker_groups must name at least one group")
     if tasks.stale_after_s < 3 * tasks.heartbeat_s:
         raise ConfigurationError("[tasks] stale_after_s must be at least 3 × heartbeat_s, or live jobs look lost")
+    if pacs.url and not pacs.url.startswith(("http://", "https://")):
+        raise ConfigurationError(f"[pacs] url={pacs.url!r} must be an http:// or https:// DICOMweb base URL "
+                                 "(or \"\" for the embedded Orthanc)")
+    if pacs.auth not in ("none", "basic", "bearer", "client-certificate"):
+        raise ConfigurationError(f"[pacs] auth={pacs.auth!r} must be 'none', 'basic', 'bearer' or 'client-certificate'")
+    if pacs.url and pacs.auth in ("basic", "bearer") and not pacs.credentials_file:
+        raise ConfigurationError(f"[pacs] auth={pacs.auth!r} needs credentials_file")
+    if pacs.url and pacs.auth == "client-certificate" and not (pacs.client_certificate and pacs.client_key):
+        raise ConfigurationError("[pacs] auth='client-certificate' needs client_certificate and client_key")
+    if not pacs.dicomweb_root.startswith("/") or not pacs.dicomweb_root.endswith("/"):
+        raise ConfigurationError(f"[pacs] dicomweb_root={pacs.dicomweb_root!r} must start and end with '/'")
     if not 1 <= len(pacs.aet) <= 16:
         raise ConfigurationError(f"[pacs] aet={pacs.aet!r} must be 1-16 characters")
     review = built["review"]

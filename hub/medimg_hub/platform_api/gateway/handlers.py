@@ -236,7 +236,8 @@ class DicomWebHandler(PlatformHandler):
         if self.target.resource == "metadata":
             await self._wado_metadata()
             return
-        if relay.AVAILABLE and not isinstance(self.request.connection.stream, SSLIOStream):  # type: ignore[attr-defined]
+        if (relay.AVAILABLE and self.ctx.orthanc.can_relay
+                and not isinstance(self.request.connection.stream, SSLIOStream)):  # type: ignore[attr-defined]
             await self._wado_relay(accept)
             return
         status, headers, chunks = await self.ctx.orthanc.open_stream(self.target.path, encode_query(self.query),

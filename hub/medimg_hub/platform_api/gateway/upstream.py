@@ -1,4 +1,5 @@
-"""Requests to Orthanc with the hub-side credentials.
+"""Requests to the PACS (the embedded Orthanc, or an external DICOMweb service) with the hub-side
+credentials (:class:`medimg_hub.pacs.connection.PacsConnection`).
 
 QIDO-RS and STOW-RS run in worker threads with a ``requests.Session`` per thread (connections
 kept alive). WADO-RS bodies stream on the event loop through an ``aiohttp`` session (aiohttp
@@ -27,6 +28,7 @@ from typing import IO, Any
 import aiohttp
 import requests
 
+from medimg_hub.pacs.connection import PacsConnection
 from medimg_hub.platform_api.gateway.relay import OrthancResponse, RelayError, open_orthanc
 
 log = logging.getLogger(__name__)
@@ -55,21 +57,19 @@ class Buffered:
 
 
 class Orthanc:
-    """Orthanc's DICOMweb root, reached with the platform's account.
+    """The PACS's DICOMweb root, reached with the platform's account.
 
     Parameters
     ----------
-    dicomweb_url
-        E.g. ``http://127.0.0.1:8042/dicom-web``.
-    auth
-        (username, password) of the hub-side Orthanc account.
+    connection
+        Where the PACS is and how to authenticate (basic, bearer, TLS client certificate).
     executor
         Threads the blocking HTTP calls run in.
     """
 
-    def __init__(self, dicomweb_url: str, auth: tuple[str, str], executor: ThreadPoolExecutor) -> None:
-        self.dicomweb_url = dicomweb_url.rstrip("/")
-        self._auth = auth
+    def __init__(self, connection: PacsConnection, executor: ThreadPoolExecutor) -> None:
+        self.connection = connection
+        self.dicomweb_url = connection.dicomweb_url.rstrip("/")
         self._executor = executor
         self._local = threading.local()
         self._aiohttp: aiohttp.ClientSession | None = None
@@ -77,12 +77,16 @@ class Orthanc:
     def __repr__(self) -> str:
         return f"Orthanc({self.dicomweb_url!r})"  # never the credentials
 
+    @property
+    def can_relay(self) -> bool:
+        """Whether WADO-RS bodies may be spliced from the PACS's socket (:mod:`.relay`): the embedded
+        Orthanc only (plain HTTP on loopback, basic authentication, an answer we know the shape of)."""
+        return self.connection.embedded and self.connection.basic is not None and not self.connection.is_tls
+
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
-            session = requests.Session()
-            session.auth = self._auth
-            session.trust_env = False
+            session = self.connection.session()
             self._local.session = session
         return session
 
@@ -107,10 +111,12 @@ class Orthanc:
         """The event loop's aiohttp session (created on first use, inside the running loop)."""
         session = self._aiohttp
         if session is None or session.closed:
+            basic = self.connection.basic
             session = aiohttp.ClientSession(
-                auth=aiohttp.BasicAuth(*self._auth), read_bufsize=READ_BUFFER_BYTES, trust_env=False,
-                auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None, sock_connect=TIMEOUT_S[0]),
-                connector=aiohttp.TCPConnector(limit=0, force_close=False))
+                auth=aiohttp.BasicAuth(*basic) if basic else None, headers=self.connection.headers(),
+                read_bufsize=READ_BUFFER_BYTES, trust_env=False, auto_decompress=False,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=TIMEOUT_S[0]),
+                connector=aiohttp.TCPConnector(limit=0, force_close=False, ssl=self.connection.ssl_context()))
             self._aiohttp = session
         return session
 
@@ -153,7 +159,8 @@ class Orthanc:
             Orthanc could not be reached or did not answer HTTP.
         """
         try:
-            return await self._run(open_orthanc, self._url(path, query), self._auth, dict(headers))
+            assert self.connection.basic is not None  # noqa: S101 - can_relay says so
+            return await self._run(open_orthanc, self._url(path, query), self.connection.basic, dict(headers))
         except RelayError as exc:
             raise UpstreamError(f"GET {path}: {exc}") from None
 
