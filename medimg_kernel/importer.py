@@ -243,8 +243,9 @@ def import_files(
     store
         Stores one batch (STOW-RS); default ``client.store_instances``.
     assign
-        Called with (StudyInstanceUID, InstitutionName or None) before a study's instances are
-        sent (the hub side puts the study in its dataset); a :class:`DICOMwebError` it raises
+        Called with (StudyInstanceUID, InstitutionName or None) for every study, before its
+        instances are sent, also when the PACS holds them all (the hub side puts the study in
+        its dataset); a :class:`DICOMwebError` it raises
         (e.g. ``AccessDeniedError``) skips that study with its message, the rest goes on.
     progress
         Called with the number of files handled, as they are.
@@ -278,7 +279,7 @@ def import_files(
             report.series.update(i.series for i in instances)
             if progress and len(instances) > len(pending):
                 progress(len(instances) - len(pending))
-            if pending and assign is not None:
+            if assign is not None:  # also when every instance is there: a new platform database learns it
                 assign(study, instances[0].institution)
             for batch in list(_batches(pending, batch_bytes)):
                 response = store([pydicom.dcmread(io.BytesIO(i.source.read())) for i in batch])
