@@ -1,7 +1,15 @@
 """DICOM de-identification: PS3.15 Annex E Basic Application Level Confidentiality Profile.
 
 :func:`deidentify` applies the profile's action codes (PS3.15 Table E.1-1) to the
-attributes of that table present in a dataset, at any depth of sequences:
+attributes of that table present in a dataset, at any depth of sequences.
+
+**The table is the standard's, as a maintained library ships it.** The 652 attributes (and 3
+repeating-group masks: curves, overlays) of Table E.1-1, 2026c edition, come from
+dicom-anonymizer's ``dicomfields_2026c`` (KitwareMedical, generated from the standard's own
+pages). Our earlier hand-written table had 89 of them; the ones it lacked included person names
+such as ScheduledPerformingPhysicianName, which it kept. Its engine is not used: it draws new
+UIDs at random per run (no keyed, repeatable mapping across pulls and exports), has no
+pseudonym, no date-shift option and records no method codes; ours does those:
 
 * ``D`` replace with a dummy value of the attribute's VR; ``Z`` replace with an empty value
   (``PatientID`` gets a keyed pseudonym, a permitted "dummy" value, so a dataset keeps its
@@ -36,47 +44,48 @@ import re
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.dataelem import DataElement
 from pydicom.sequence import Sequence as DicomSequence
 
 logger = logging.getLogger(__name__)
 
-#: PS3.15 Table E.1-1 actions for the attributes handled here (keyword → action code).
-ACTIONS: dict[str, str] = {
-    # patient
-    "PatientName": "Z", "PatientID": "Z", "PatientBirthDate": "Z", "PatientSex": "Z", "PatientAge": "X",
-    "PatientSize": "X", "PatientWeight": "X", "PatientAddress": "X", "OtherPatientIDs": "X",
-    "OtherPatientNames": "X", "OtherPatientIDsSequence": "X", "PatientBirthName": "X",
-    "PatientMotherBirthName": "X", "PatientTelephoneNumbers": "X", "PatientBirthTime": "X",
-    "IssuerOfPatientID": "X", "EthnicGroup": "X", "Occupation": "X", "AdditionalPatientHistory": "X",
-    "PatientComments": "X", "MedicalRecordLocator": "X", "MilitaryRank": "X", "BranchOfService": "X",
-    "CountryOfResidence": "X", "RegionOfResidence": "X", "PatientReligiousPreference": "X",
-    "MedicalAlerts": "X", "Allergies": "X", "SmokingStatus": "X", "PregnancyStatus": "X",
-    "LastMenstrualDate": "X", "SpecialNeeds": "X", "PatientState": "X", "ResponsiblePerson": "X",
-    "ResponsibleOrganization": "X", "PatientInsurancePlanCodeSequence": "X", "PatientSexNeutered": "X",
-    # people and places
-    "ReferringPhysicianName": "Z", "ReferringPhysicianAddress": "X", "ReferringPhysicianTelephoneNumbers": "X",
-    "PerformingPhysicianName": "X", "NameOfPhysiciansReadingStudy": "X", "OperatorsName": "X",
-    "PhysiciansOfRecord": "X", "RequestingPhysician": "X", "ContentCreatorName": "Z",
-    "InstitutionName": "X/Z/D", "InstitutionAddress": "X", "InstitutionalDepartmentName": "X",
-    "StationName": "X/Z/D", "DeviceSerialNumber": "X/Z/D", "VerifyingObserverName": "D",
-    "PersonName": "D", "PersonIdentificationCodeSequence": "D",
-    # study and procedure
-    "AccessionNumber": "Z", "StudyID": "Z", "StudyDescription": "X", "SeriesDescription": "X",
-    "ProtocolName": "X/D", "ImageComments": "X", "DerivationDescription": "X", "ReasonForStudy": "X",
-    "RequestAttributesSequence": "X", "RequestedProcedureDescription": "X", "RequestingService": "X",
-    "PerformedProcedureStepID": "X", "PerformedProcedureStepDescription": "X",
-    "PerformedProcedureStepStartDate": "X", "PerformedProcedureStepStartTime": "X",
-    "PerformedProcedureStepEndDate": "X", "PerformedProcedureStepEndTime": "X",
-    "AdmissionID": "X", "AdmittingDiagnosesDescription": "X", "ReferencedPatientSequence": "X",
-    "ReferencedStudySequence": "X/Z/D", "ReferencedPerformedProcedureStepSequence": "X/Z/D",
-    "TimezoneOffsetFromUTC": "X", "InstanceCreatorUID": "U",
-    # dates and times
-    "StudyDate": "Z", "StudyTime": "Z", "SeriesDate": "X", "SeriesTime": "X", "AcquisitionDate": "X/Z",
-    "AcquisitionTime": "X/Z", "AcquisitionDateTime": "X/Z/D", "ContentDate": "Z/D", "ContentTime": "Z/D",
-    "InstanceCreationDate": "X/D", "InstanceCreationTime": "X/Z/D",
-}
+def _table_e11() -> tuple[dict[int, str], tuple[tuple[int, int, int, int, str], ...]]:
+    """Table E.1-1 as ``({tag: action}, ((group, element, group mask, element mask, action), ...))``."""
+    from dicomanonymizer.dicom_anonymization_databases import dicomfields_2026c as table
+
+    groups = {"D": table.D_TAGS, "Z": table.Z_TAGS, "X": table.X_TAGS, "U": table.U_TAGS, "Z/D": table.Z_D_TAGS,
+              "X/Z": table.X_Z_TAGS, "X/D": table.X_D_TAGS, "X/Z/D": table.X_Z_D_TAGS,
+              "X/Z/U*": table.X_Z_U_STAR_TAGS}
+    exact: dict[int, str] = {}
+    masked: list[tuple[int, int, int, int, str]] = []
+    for action, tags in groups.items():
+        for tag in tags:
+            if len(tag) == 2:
+                exact[(tag[0] << 16) | tag[1]] = action
+            else:
+                masked.append((*tag, action))
+    return exact, tuple(masked)
+
+
+#: PS3.15 Table E.1-1 (2026c): tag → action code; masked entries (repeating groups) apart.
+TABLE_E11, MASKED_E11 = _table_e11()
+#: The same by keyword (attributes pydicom names), for reading and tests.
+ACTIONS: dict[str, str] = {kw: action for tag, action in TABLE_E11.items() if (kw := keyword_for_tag(tag))}
+
+
+def action_for(tag: int) -> str:
+    """Table E.1-1's action code for ``tag`` (``"K"``: not in the table, kept)."""
+    found = TABLE_E11.get(int(tag))
+    if found is not None:
+        return found
+    group, element = int(tag) >> 16, int(tag) & 0xFFFF
+    for g, e, g_mask, e_mask, action in MASKED_E11:
+        if group & g_mask == g and element & e_mask == e:
+            return action
+    return "K"
+
 
 #: Descriptions the Clean Descriptors option may keep when their value is known to be safe.
 DESCRIPTORS = ("StudyDescription", "SeriesDescription", "ProtocolName", "DerivationDescription", "ImageComments")
@@ -133,7 +142,10 @@ class DeidentificationOptions:
 
 
 def _resolve(action: str) -> str:
-    """The one action applied for a (compound) action code."""
+    """The one action applied for a (compound) action code: D where allowed (the object stays
+    valid), else Z; ``X/Z/U*`` (a reference sequence) is kept, its UIDs remapped like every UID."""
+    if "U*" in action:
+        return "K"
     if "/" not in action:
         return action
     return "D" if "D" in action else "Z"
@@ -149,6 +161,9 @@ def _shift_date(value: str, days: int) -> str:
 def _apply(element: DataElement, action: str, options: DeidentificationOptions, days: int) -> str:
     """New state of ``element``: ``"remove"`` or ``"keep"`` (value changed in place)."""
     keyword = element.keyword
+    if keyword == "PatientID":  # a keyed pseudonym: a permitted dummy that keeps subjects apart
+        element.value = options.pseudonym(str(element.value)) if element.value else None
+        return "keep"
     if keyword in DESCRIPTORS and str(element.value or "") in options.safe_descriptors:
         return "keep"
     if options.shift_dates and keyword not in _NEVER_SHIFTED:
@@ -166,7 +181,7 @@ def _apply(element: DataElement, action: str, options: DeidentificationOptions, 
         return "keep" if action in ("Z", "D") and keyword == "PersonIdentificationCodeSequence" else (
             "keep" if action == "Z" else "remove")
     if action == "Z":
-        element.value = options.pseudonym(str(element.value)) if keyword == "PatientID" and element.value else None
+        element.value = None
     elif action == "D":
         element.value = _DUMMY.get(element.VR, "")
     elif action == "U":
@@ -185,8 +200,9 @@ def _walk(ds: Dataset, options: DeidentificationOptions, days: int) -> None:
             new = [options.new_uid(str(v)) for v in values]
             element.value = new if element.VM > 1 else new[0]
             continue
-        if keyword in ACTIONS:
-            if _apply(element, _resolve(ACTIONS[keyword]), options, days) == "remove":
+        action = _resolve(action_for(element.tag))
+        if action != "K":
+            if _apply(element, action, options, days) == "remove":
                 del ds[element.tag]
                 continue
         if element.VR == "SQ" and element.tag in ds:
@@ -243,7 +259,7 @@ def find_identifying(ds: Dataset, *, safe_descriptors: Collection[str] = (), _pa
             found.append(f"{where}: private attribute")
             continue
         keyword = element.keyword
-        action = _resolve(ACTIONS.get(keyword, "K"))
+        action = _resolve(action_for(element.tag))
         value = "" if element.VR == "SQ" else str(element.value or "")
         retained = (_shifted and element.VR in ("DA", "DT", "TM") and keyword not in _NEVER_SHIFTED) or (
             keyword in DESCRIPTORS and value in safe_descriptors)
@@ -253,7 +269,11 @@ def find_identifying(ds: Dataset, *, safe_descriptors: Collection[str] = (), _pa
             pass
         elif action == "X":
             found.append(f"{where}: must be removed")
-        elif action == "Z" and value and not (keyword == "PatientID" and PSEUDONYM.match(value)):
+        elif keyword == "PatientID" and value and not PSEUDONYM.match(value):
+            found.append(f"{where}: must be empty or a pseudonym")
+        elif keyword == "PatientID":
+            pass
+        elif action == "Z" and value:
             found.append(f"{where}: must be empty or a dummy value")
         elif action == "D" and value and value != _DUMMY.get(element.VR, ""):
             found.append(f"{where}: must be a dummy value")
@@ -264,5 +284,5 @@ def find_identifying(ds: Dataset, *, safe_descriptors: Collection[str] = (), _pa
     return found
 
 
-__all__ = ["ACTIONS", "DeidentificationOptions", "deidentify", "find_identifying", "BASIC_PROFILE",
+__all__ = ["ACTIONS", "TABLE_E11", "MASKED_E11", "action_for", "DeidentificationOptions", "deidentify", "find_identifying", "BASIC_PROFILE",
            "RETAIN_MODIFIED_DATES", "CLEAN_DESCRIPTORS"]

@@ -97,3 +97,14 @@ def test_same_key_same_uids_other_key_other_uids(tmp_path):
     assert one.SOPInstanceUID == again.SOPInstanceUID != other.SOPInstanceUID
     assert one.StudyDate == again.StudyDate and one.StudyDate != pydicom.dcmread(path).StudyDate
     assert find_identifying(one) == []
+
+
+def test_the_action_table_is_the_standards_whole_table_e11():
+    """PS3.15 Table E.1-1 (2026c) as dicom-anonymizer ships it: every attribute, repeating groups too."""
+    from medimg_kernel.deid import ACTIONS, MASKED_E11, TABLE_E11, action_for
+
+    assert len(TABLE_E11) == 652 and len(MASKED_E11) == 3
+    assert ACTIONS["PatientName"] == "Z" and ACTIONS["ScheduledPerformingPhysicianName"] == "X"
+    assert ACTIONS["StudyInstanceUID"] == "U" and ACTIONS["InstitutionName"] == "X/Z/D"
+    assert action_for(0x60023000) == "X"  # Overlay Data in any 60xx group
+    assert action_for(0x00280010) == "K"  # Rows: not in the table, kept

@@ -135,3 +135,50 @@ def datasets_unassigned(settings: Settings) -> None:
     click.echo(f"{len(found)} studies in no dataset")
     if found:
         sys.exit(1)
+
+
+@click.group("pacs")
+def pacs_group() -> None:
+    """Other PACS ([[remotes]]): pull studies from them into a dataset."""
+
+
+@pacs_group.command("pull")
+@click.option("--from", "remote", default=None, help="The [[remotes]] table to pull from.")
+@click.option("--query", "queries", multiple=True,
+              help="Cohort on the remote: KEY=VALUE (repeat; all must match), as `medimg tasks submit --query`.")
+@click.option("--dataset", default=None, help="The dataset the pulled studies go into.")
+@click.option("--deidentify/--keep-identifiers", default=True, show_default=True,
+              help="De-identify at the door (PS3.15 basic profile, consistent pseudonyms and UIDs).")
+@click.option("--resume", "job_id", default=None, help="Re-run what a pull job has not done (its id).")
+@click.pass_obj
+def pacs_pull(settings: Settings, remote: str | None, queries: tuple[str, ...], dataset: str | None,
+              deidentify: bool, job_id: str | None) -> None:
+    """Pull a cohort from a remote PACS into a dataset; a resumable job (exit 1 if a study failed)."""
+    from tqdm import tqdm
+
+    from medimg_hub.cli.tasks import _pairs
+    from medimg_hub.pacs.connection import pacs_connection, remote_connection
+    from medimg_hub.pacs.pull import load_job, new_job, run_pull, save_job
+
+    if job_id:
+        job = load_job(settings, job_id)
+    else:
+        if not remote or not dataset or not queries:
+            raise click.UsageError("give --from, --dataset and at least one --query (or --resume JOB)")
+        job = new_job(remote, _pairs(queries, "--query"), dataset, deidentify)
+    source = remote_connection(settings, job.remote).client()
+    target = pacs_connection(settings).client()
+    click.echo(f"pull {job.id}: from {job.remote} into {job.dataset}"
+               f"{', de-identified' if job.deidentify else ', identifiers kept'} (state: {save_job(settings, job)})")
+    with tqdm(total=None, desc="pulling", unit="study", file=sys.stderr) as bar:
+        job = run_pull(settings, job, source, target, progress=bar.update)
+    click.echo(f"{job.done} of {len(job.studies)} studies pulled into {job.dataset}")
+    for study, state in job.failed.items():
+        click.echo(f"  study {list(job.studies).index(study) + 1}: {state}")
+    for note in job.skipped:
+        click.echo(f"  skipped {note}")
+    if not job.studies:
+        click.echo("no study on the remote matches the query; nothing was pulled")
+    if job.failed:
+        click.echo(f"resume with: medimg pacs pull --resume {job.id}")
+        sys.exit(1)

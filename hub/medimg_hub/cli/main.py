@@ -20,7 +20,7 @@ from medimg_kernel.errors import MedImgError
 
 from medimg_hub.cli import federation as cli_federation
 from medimg_hub.cli import tasks as cli_tasks
-from medimg_hub.cli.intake import datasets_group, import_command, receiver_command
+from medimg_hub.cli.intake import datasets_group, import_command, pacs_group, receiver_command
 from medimg_hub.cli.users import users
 from medimg_hub.pacs.connection import PacsConnection
 from medimg_hub.pacs.orthanc import OrthancServer
@@ -228,7 +228,7 @@ def config(settings: Settings) -> None:
 
 
 for _command in (cli_tasks.pipelines, cli_tasks.tasks, cli_tasks.worker, cli_tasks.dispatcher, cli_tasks.migrate,
-                 cli_federation.fl, users, import_command, receiver_command, datasets_group):
+                 cli_federation.fl, users, import_command, receiver_command, datasets_group, pacs_group):
     cli.add_command(_command)
 
 

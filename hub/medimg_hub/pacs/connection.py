@@ -16,6 +16,7 @@ import json
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -89,10 +90,10 @@ class PacsConnection:
         return DICOMwebHTTPClient(self.dicomweb_url, session=self.session())
 
 
-def _read(settings: Settings, key: str) -> Path:
-    path = settings.resolve(Path(getattr(settings.pacs, key)))
+def _read(settings: Settings, section: str, key: str, value: str) -> Path:
+    path = settings.resolve(Path(value))
     if not path.is_file():
-        raise ConfigurationError(f"[pacs] {key}={str(path)!r} does not exist or is not a file")
+        raise ConfigurationError(f"{section} {key}={str(path)!r} does not exist or is not a file")
     return path
 
 
@@ -104,30 +105,52 @@ def pacs_connection(settings: Settings) -> PacsConnection:
     ConfigurationError
         A credentials, certificate or CA file named in ``[pacs]`` is missing or malformed.
     """
-    pacs = settings.pacs
-    if not pacs.url:
+    if not settings.pacs.url:
         from medimg_hub.pacs.orthanc import OrthancServer
 
         server = OrthancServer(settings)
         creds = server.credentials()
         return PacsConnection(server.dicomweb_url, basic=(creds.username, creds.password))
-    verify: bool | str = str(_read(settings, "ca_file")) if pacs.verify_tls and pacs.ca_file else pacs.verify_tls
+    return service_connection(settings, settings.pacs, "[pacs]")
+
+
+def remote_connection(settings: Settings, name: str) -> PacsConnection:
+    """The ``[[remotes]]`` service called ``name`` (a PACS to pull from).
+
+    Raises
+    ------
+    ConfigurationError
+        No remote has that name (the message lists them), or one of its files is missing.
+    """
+    for remote in settings.remotes:
+        if remote.name == name:
+            return service_connection(settings, remote, f"[[remotes]] {name}:")
+    raise ConfigurationError(f"no [[remotes]] table is called {name!r}; known: {[r.name for r in settings.remotes]}")
+
+
+def service_connection(settings: Settings, service: Any, section: str) -> PacsConnection:
+    """A connection from a table with ``url``, ``auth``, ``credentials_file``, ``client_certificate``,
+    ``client_key``, ``verify_tls`` and ``ca_file`` (``[pacs]`` or a ``[[remotes]]`` table)."""
+    verify: bool | str = service.verify_tls
+    if service.verify_tls and service.ca_file:
+        verify = str(_read(settings, section, "ca_file", service.ca_file))
     basic = bearer = cert = None
-    if pacs.auth == "basic":
+    if service.auth == "basic":
         try:
-            raw = json.loads(_read(settings, "credentials_file").read_text())
+            raw = json.loads(_read(settings, section, "credentials_file", service.credentials_file).read_text())
             basic = (str(raw["username"]), str(raw["password"]))
         except (ValueError, KeyError, TypeError) as exc:
-            raise ConfigurationError("[pacs] credentials_file must hold JSON {\"username\": ..., \"password\": ...}"
-                                     ) from exc
-    elif pacs.auth == "bearer":
-        bearer = _read(settings, "credentials_file").read_text().strip()
+            raise ConfigurationError(f"{section} credentials_file must hold JSON {{\"username\": ..., "
+                                     "\"password\": ...}") from exc
+    elif service.auth == "bearer":
+        bearer = _read(settings, section, "credentials_file", service.credentials_file).read_text().strip()
         if not bearer:
-            raise ConfigurationError("[pacs] credentials_file (auth = bearer) is empty: it must hold the token")
-    elif pacs.auth == "client-certificate":
-        cert = (str(_read(settings, "client_certificate")), str(_read(settings, "client_key")))
-    return PacsConnection(pacs.url.rstrip("/"), basic=basic, bearer=bearer, client_cert=cert, verify=verify,
+            raise ConfigurationError(f"{section} credentials_file (auth = bearer) is empty: it must hold the token")
+    elif service.auth == "client-certificate":
+        cert = (str(_read(settings, section, "client_certificate", service.client_certificate)),
+                str(_read(settings, section, "client_key", service.client_key)))
+    return PacsConnection(service.url.rstrip("/"), basic=basic, bearer=bearer, client_cert=cert, verify=verify,
                           embedded=False)
 
 
-__all__ = ["PacsConnection", "pacs_connection"]
+__all__ = ["PacsConnection", "pacs_connection", "remote_connection", "service_connection"]

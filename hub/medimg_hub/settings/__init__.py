@@ -7,6 +7,7 @@ Settings, load_settings``. May import: ``medimg_kernel.errors`` only.
 
 from medimg_hub.settings.federation import FederationSettings, validate_federation
 from medimg_hub.settings.receiver import ReceiverSettings, RouteSettings
+from medimg_hub.settings.remotes import RemoteSettings
 from medimg_hub.settings.sections import (CONFIG_ENV_VAR, DEFAULT_CONFIG_FILE, DEFAULT_DATASETS, MLFLOW_PREFIX,
                                           REPO_ROOT, DatasetSettings, DemoSettings, HubSettings, MlflowSettings,
                                           PacsSettings, PipelinesSettings, PlatformSettings, QueueSettings,
@@ -15,7 +16,7 @@ from medimg_hub.settings.sections import (CONFIG_ENV_VAR, DEFAULT_CONFIG_FILE, D
 __all__ = [
     "CONFIG_ENV_VAR", "DEFAULT_CONFIG_FILE", "DEFAULT_DATASETS", "MLFLOW_PREFIX", "REPO_ROOT", "DatasetSettings",
     "DemoSettings", "FederationSettings", "HubSettings", "MlflowSettings", "PacsSettings", "PipelinesSettings",
-    "PlatformSettings", "QueueSettings", "ReceiverSettings", "ReviewSettings", "RouteSettings", "Settings",
+    "PlatformSettings", "QueueSettings", "ReceiverSettings", "RemoteSettings", "ReviewSettings", "RouteSettings", "Settings",
     "TasksSettings", "dump_settings",
     "load_settings", "validate_federation",
 ]

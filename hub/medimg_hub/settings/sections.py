@@ -21,6 +21,7 @@ from medimg_kernel.errors import ConfigurationError
 
 from medimg_hub.settings.federation import FederationSettings, validate_federation
 from medimg_hub.settings.receiver import ReceiverSettings, RouteSettings, validate_receiver
+from medimg_hub.settings.remotes import RemoteSettings, validate_remotes
 
 #: The repository root (``hub/medimg_hub/settings/sections.py`` → four levels up).
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -276,6 +277,7 @@ class Settings:
     federation: FederationSettings = field(default_factory=FederationSettings)
     receiver: ReceiverSettings = field(default_factory=ReceiverSettings)
     routes: tuple[RouteSettings, ...] = ()
+    remotes: tuple[RemoteSettings, ...] = ()
     #: The folder relative paths are resolved against (the settings file's folder).
     base_dir: Path = REPO_ROOT
     #: The file these settings were read from (None: built-in defaults).
@@ -326,7 +328,7 @@ def dump_settings(settings: Settings, path: Path) -> Path:
     for section in dataclasses.fields(settings):
         if section.name in ("base_dir", "config_file"):
             continue
-        if section.name in ("datasets", "routes"):
+        if section.name in ("datasets", "routes", "remotes"):
             document[section.name] = [_toml_table(table, settings) for table in getattr(settings, section.name)]
         else:
             document[section.name] = _toml_table(getattr(settings, section.name), settings)
@@ -411,16 +413,20 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         "tasks": TasksSettings, "pipelines": PipelinesSettings, "review": ReviewSettings, "hub": HubSettings,
         "demo": DemoSettings, "federation": FederationSettings, "receiver": ReceiverSettings,
     }
-    unknown = sorted(set(raw) - set(sections) - {"datasets", "routes"})
+    unknown = sorted(set(raw) - set(sections) - {"datasets", "routes", "remotes"})
     if unknown:
-        raise ConfigurationError(f"unknown section(s) {unknown} in {file}; valid: {sorted(sections)}, [[datasets]] "
-                                 "and [[routes]]")
+        raise ConfigurationError(f"unknown section(s) {unknown} in {file}; valid: {sorted(sections)}, [[datasets]], "
+                                 "[[routes]] and [[remotes]]")
     built: dict[str, Any] = {name: _build(cls, name, raw.get(name, {})) for name, cls in sections.items()}
     built["datasets"] = _datasets(raw.get("datasets"))
     routes = raw.get("routes", [])
     if not isinstance(routes, list):
         raise ConfigurationError("routes must be an array of tables: [[routes]] ...")
     built["routes"] = tuple(_build(RouteSettings, f"routes[{i}]", table) for i, table in enumerate(routes))
+    remotes = raw.get("remotes", [])
+    if not isinstance(remotes, list):
+        raise ConfigurationError("remotes must be an array of tables: [[remotes]] ...")
+    built["remotes"] = tuple(_build(RemoteSettings, f"remotes[{i}]", table) for i, table in enumerate(remotes))
     _validate(built)
     return Settings(**built, base_dir=file.resolve().parent, config_file=file.resolve())
 
@@ -486,6 +492,7 @@ def _validate(built: dict[str, Any]) -> None:
         raise ConfigurationError("[demo] n_sites and studies_per_site must be at least 1")
     validate_federation(built["federation"], [d.name for d in built["datasets"]], ports)
     validate_receiver(built["receiver"], built["routes"], [d.name for d in built["datasets"]])
+    validate_remotes(built["remotes"])
     if built["receiver"].port and built["receiver"].port in {p for _, _, p in ports}:
         raise ConfigurationError(f"[receiver] port={built['receiver'].port} is another service's port")
 

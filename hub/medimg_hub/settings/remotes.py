@@ -1,0 +1,45 @@
+"""The ``[[remotes]]`` tables of ``medimg.toml``: other DICOMweb services the platform pulls studies from
+(``medimg pacs pull --from NAME``), e.g. the hospital's clinical PACS."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from medimg_kernel.errors import ConfigurationError
+
+
+@dataclass(frozen=True)
+class RemoteSettings:
+    """A DICOMweb service to pull from; the keys mean what they mean in ``[pacs]`` for a PACS by URL."""
+
+    name: str = ""
+    #: DICOMweb base URL, e.g. "https://pacs.example.org/dicom-web".
+    url: str = ""
+    #: "none", "basic", "bearer" or "client-certificate" (as ``[pacs] auth``).
+    auth: str = "none"
+    credentials_file: str = ""
+    client_certificate: str = ""
+    client_key: str = ""
+    verify_tls: bool = True
+    ca_file: str = ""
+
+
+def validate_remotes(remotes: tuple[RemoteSettings, ...]) -> None:
+    """Refuse ``[[remotes]]`` that cannot work, naming the table."""
+    names = [r.name for r in remotes]
+    for i, remote in enumerate(remotes):
+        where = f"[[remotes]] number {i + 1}"
+        if not remote.name:
+            raise ConfigurationError(f"{where} has no name")
+        if not remote.url.startswith(("http://", "https://")):
+            raise ConfigurationError(f"{where} ({remote.name}): url={remote.url!r} must be an http(s) DICOMweb base URL")
+        if remote.auth not in ("none", "basic", "bearer", "client-certificate"):
+            raise ConfigurationError(f"{where} ({remote.name}): auth={remote.auth!r} must be 'none', 'basic', 'bearer' "
+                                     "or 'client-certificate'")
+        if remote.auth in ("basic", "bearer") and not remote.credentials_file:
+            raise ConfigurationError(f"{where} ({remote.name}): auth={remote.auth!r} needs credentials_file")
+    if len(set(names)) != len(names):
+        raise ConfigurationError(f"[[remotes]] names must be unique: {names}")
+
+
+__all__ = ["RemoteSettings", "validate_remotes"]
