@@ -157,3 +157,54 @@ def test_a_series_that_fails_to_load_fails_its_job_with_the_reason(platform):
     assert task.jobs[0].attempts == 1
     assert len(client.search_for_instances(manifest.studies[0].study_instance_uid)) == before
     service.close()
+
+
+def test_a_study_a_scanner_pushes_is_routed_run_and_reviewed_in_its_dataset_only(platform, tmp_path):
+    """storescu (a scanner, calling AE CT7) → the receiver's [[routes]] rule names site-b → the
+    pipeline runs on it → its review waits in site-b's worklist and in no other dataset's."""
+    import dataclasses
+    import subprocess
+
+    from medimg_hub.access.datasets import DatasetDirectory, sync_datasets
+    from medimg_hub.access.identities import Identity
+    from medimg_hub.db import make_engine
+    from medimg_hub.pacs.receiver import Receiver
+    from medimg_hub.review.access import ReviewAccess
+    from medimg_hub.settings import ReceiverSettings, RouteSettings
+
+    settings, _, _ = platform
+    engine = make_engine(settings.database_url)
+    sync_datasets(engine, settings.datasets)
+    directory = DatasetDirectory(engine, ttl_s=0)
+    routed = dataclasses.replace(
+        settings, receiver=ReceiverSettings(port=free_port(), senders=("CT7@127.0.0.1",), forward_interval_s=0.2),
+        routes=(RouteSettings("site-b", calling_aet="CT7"),))  # by sender, whatever the InstitutionName says
+    scan = generate_demo(tmp_path / "scan", n_sites=1, studies_per_site=1, seed=99).studies[0]
+    client = pacs_connection(settings).client()
+    receiver = Receiver(routed, client)
+    receiver.start()
+    try:
+        sent = subprocess.run(["storescu", "-aet", "CT7", "-aec", "MEDIMG", "+sd", "127.0.0.1",
+                               str(routed.receiver.port), str(tmp_path / "scan" / scan.ct_dir)],
+                              capture_output=True, text=True, timeout=120)
+        assert sent.returncode == 0, sent.stderr
+        deadline = time.monotonic() + 30
+        while (len(client.search_for_instances(scan.study_instance_uid)) < scan.n_instances
+               or directory.dataset_of(scan.study_instance_uid) is None) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        receiver.stop()
+    assert directory.dataset_of(scan.study_instance_uid) == "site-b"
+
+    service = TaskService(settings)
+    targets = resolve_targets(client, [scan.study_instance_uid], {"Modality": "CT"})
+    [task] = service.submit("organ-segmentation", {}, owner="engineer1", targets=targets, dataset="site-b")
+    [task] = _wait_all(service, [task.id], lambda t: t.status.value in ("waiting_review", "failed"))
+    assert task.status.value == "waiting_review", task.jobs[0].error
+    review = ReviewAccess(service, directory, engine, settings.review)
+    waiting = {site: {i["job_id"] for i in review.worklist(Identity(f"reviewer-{site}", "user", (site,), False, frozenset()))}
+               for site in ("site-a", "site-b", "site-c")}
+    assert task.jobs[1].id in waiting["site-b"]
+    assert task.jobs[1].id not in waiting["site-a"] | waiting["site-c"]
+    service.close()
+    engine.dispose()
