@@ -115,6 +115,13 @@ def test_medimg_import_puts_studies_in_the_dataset_and_lists_what_it_skipped(ort
     directory = DatasetDirectory(engine, ttl_s=0)
     for series in (files, zipped):
         assert directory.dataset_of(str(series[0].StudyInstanceUID)) == "trial-7"
+    from medimg_hub.access.audit import AuditLog
+
+    rows = AuditLog(engine).query(action="import")
+    assert {r.study_instance_uid for r in rows if r.outcome.value == "allowed"} == {
+        str(files[0].StudyInstanceUID), str(zipped[0].StudyInstanceUID)}
+    assert any(r.outcome.value == "error" and "6 files skipped" in (r.detail or "") for r in rows)
+    assert not any("notes.txt" in (r.detail or "") for r in rows)  # counts, never file names
 
     clean = tmp_path / "clean"
     clean.mkdir()

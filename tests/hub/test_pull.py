@@ -112,6 +112,10 @@ def test_a_cohort_arrives_de_identified_in_its_dataset_and_a_resumed_pull_adds_n
     again = runner.invoke(pacs_group, ["pull", "--resume", job_id], obj=pull.settings, catch_exceptions=False)
     assert again.exit_code == 0 and "2 of 2 studies pulled" in again.output
     assert len(research.search_for_instances(stored[0])) == count
+    from medimg_hub.access.audit import AuditLog
+
+    audited = AuditLog(make_engine(pull.settings.database_url)).query(action="pull")
+    assert {r.study_instance_uid for r in audited} == set(stored)  # the new UIDs; the originals stay in the job file
     state = pull.settings.var_dir / "pulls" / f"{job_id}.json"
     assert state.stat().st_mode & 0o077 == 0  # the UID mapping stays with the hub
 

@@ -10,6 +10,26 @@ import click
 from medimg_hub.settings import Settings
 
 
+def _audit(settings: Settings, action: str, rows: list[tuple[str | None, str | None, bool, str]]) -> None:
+    """Audit rows of a command: (study, dataset, ok, detail) each; the operator's account as the user.
+    Details hold counts and reasons only, never file names (they may carry patient names)."""
+    import getpass
+    import uuid
+
+    from medimg_hub.access.audit import AuditLog, AuditRecord
+    from medimg_hub.access.models import Outcome
+    from medimg_hub.db import make_engine
+
+    engine = make_engine(settings.database_url)
+    log = AuditLog(engine)
+    request_id = uuid.uuid4().hex
+    for study, dataset, ok, detail in rows:
+        log.append(AuditRecord(user=f"cli:{getpass.getuser()}", groups=(), action=action,
+                               outcome=Outcome.ALLOWED if ok else Outcome.ERROR, status=0, request_id=request_id,
+                               study_instance_uid=study, dataset=dataset, detail=detail))
+    engine.dispose()
+
+
 @click.command("import")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=False))
 @click.option("--dataset", default=None,
@@ -31,7 +51,7 @@ def import_command(settings: Settings, paths: tuple[str, ...], dataset: str | No
     from medimg_kernel.errors import AccessDeniedError
     from medimg_kernel.importer import discover, import_files
 
-    from medimg_hub.access.datasets import assign_study, ingest_assigner
+    from medimg_hub.access.datasets import DatasetDirectory, assign_study, ingest_assigner
     from medimg_hub.access.models import Dataset, DatasetStudy
     from medimg_hub.db import make_engine
     from medimg_hub.pacs.connection import pacs_connection
@@ -64,6 +84,14 @@ def import_command(settings: Settings, paths: tuple[str, ...], dataset: str | No
     with tqdm(total=total, desc="importing", unit="file", file=sys.stderr) as bar:
         report = import_files(pacs.client(), paths, assign=assign, progress=bar.update,
                               batch_bytes=batch_mb * 1024 * 1024)
+    directory = DatasetDirectory(engine, ttl_s=0)
+    rows = [(study, directory.dataset_of(study), True,
+             f"{report.stored.get(study, 0)} instances imported, {report.present.get(study, 0)} already present")
+            for study in sorted(report.studies)]
+    if report.skipped:
+        rows.append((None, dataset, False, f"{len(report.skipped)} files skipped (not DICOM, malformed, duplicate, "
+                                            "unsafe archive member or refused)"))
+    _audit(settings, "import", rows)
     engine.dispose()
     click.echo(report.summary())
     for skipped in report.skipped:
@@ -172,6 +200,9 @@ def pacs_pull(settings: Settings, remote: str | None, queries: tuple[str, ...], 
                f"{', de-identified' if job.deidentify else ', identifiers kept'} (state: {save_job(settings, job)})")
     with tqdm(total=None, desc="pulling", unit="study", file=sys.stderr) as bar:
         job = run_pull(settings, job, source, target, progress=bar.update)
+    _audit(settings, "pull", [(job.stored_as.get(study), job.dataset, state == "done",
+                               f"pull {job.id} from {job.remote}" + (", de-identified" if job.deidentify else "")
+                               + ("" if state == "done" else f": {state[:120]}")) for study, state in job.studies.items()])
     click.echo(f"{job.done} of {len(job.studies)} studies pulled into {job.dataset}")
     for study, state in job.failed.items():
         click.echo(f"  study {list(job.studies).index(study) + 1}: {state}")
