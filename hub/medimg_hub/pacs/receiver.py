@@ -164,12 +164,19 @@ class Receiver:
             status.Status, status.ErrorComment = REFUSED_SOP_CLASS, f"images only: {UID(sop_class).name}"[:64]
             return status  # type: ignore[return-value]
         folder = self.spool / (dataset or UNASSIGNED) / study
-        folder.mkdir(parents=True, exist_ok=True)
         temporary = folder / f".{sop}.{uuid.uuid4().hex}.part"
-        with open(temporary, "wb") as fh:
-            fh.write(event.encoded_dataset(include_meta=True))
-            fh.flush()
-            os.fsync(fh.fileno())
+        data = event.encoded_dataset(include_meta=True)
+        for attempt in range(3):  # the forwarder removes a study folder it emptied: make it again
+            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                with open(temporary, "wb") as fh:  # a non-empty folder cannot be removed from here on
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
         os.replace(temporary, folder / f"{sop}.dcm")
         with self._lock:
             self._received.setdefault(id(event.assoc), Counter())[(study, dataset or "")] += 1
@@ -205,6 +212,9 @@ class Receiver:
             except DICOMwebError as exc:  # the PACS is down: keep everything, try again later
                 wait = min(30.0, wait * 2)
                 log.warning("the PACS did not take spooled instances (%s); retrying in %.1f s", exc, wait)
+            except Exception:  # noqa: BLE001 - a database or disk error must not stop forwarding for good
+                wait = min(30.0, wait * 2)
+                log.exception("forwarding spooled instances failed; retrying in %.1f s", wait)
 
     def forward_once(self) -> int:
         """Store every spooled study in the PACS; the number of instances stored.
