@@ -4,10 +4,12 @@ Runs the browser test ``tests/browser/test_review_e2e.py`` (Orthanc, JupyterHub 
 and the platform API, the Voila worklist, a 200 × 256 × 256 synthetic CT case; a resident opens
 it, scrolls, paints and proposes, an attending finalises) and keeps the timings it records:
 
-* ``review_open_case_s``: from the click on "Open" in the worklist to the viewer's first drawn
-  image, in seconds; the slower of the resident's and the attending's open (the attending's also
-  loads the resident's proposed labels). Goal ≤ 3 s. It includes claiming the case, reading the
-  200-slice series and the model SEG through the gateway, and sending the planes to the browser.
+* ``review_open_case_s``: from the click on "Open" in the worklist until the whole volume is in the
+  browser (viewer.js's ``volumeAt``: every slice scrolls), in seconds; the slower of the resident's
+  and the attending's open (the attending's also loads the resident's proposed labels). Goal ≤ 3 s.
+  It includes claiming the case, reading the 200-slice series and the model SEG through the
+  gateway, and sending the volume to the browser. The first drawn image (three preview planes)
+  comes earlier: ``details.first_image_*``.
 * ``review_slice_latency_p95_ms``: p95 over ≥ 60 slice changes (wheel, then keyboard, paced
   40 ms apart) of the time from the input event to the end of the draw in the next animation
   frame. Goal < 50 ms; one 60 Hz frame (17 ms) is the floor.
@@ -44,7 +46,11 @@ def main() -> int:
     opened = max(timings["open_case_s_resident"], timings["open_case_s_attending"])
     write_result("review_open_case_s", value=round(opened, 2), goal="<= 3", unit="s", command=COMMAND,
                  details={"resident_s": round(timings["open_case_s_resident"], 2),
-                          "attending_s": round(timings["open_case_s_attending"], 2), "series": "200 x 256 x 256 CT"})
+                          "attending_s": round(timings["open_case_s_attending"], 2),
+                          "first_image_resident_s": round(timings["first_image_s_resident"], 2),
+                          "first_image_attending_s": round(timings["first_image_s_attending"], 2),
+                          "ends": "the whole volume in the browser (viewer.js volumeAt), not the first image",
+                          "series": "200 x 256 x 256 CT"})
     write_result("review_slice_latency_p95_ms", value=round(timings["slice_p95_ms"], 1), goal="< 50 ms", unit="ms",
                  command=COMMAND, details={"slice_changes": timings["slice_changes"],
                                            "median_ms": round(timings["slice_median_ms"], 1)})

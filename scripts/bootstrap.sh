@@ -18,7 +18,7 @@ say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 
 # --- Debian packages -----------------------------------------------------------------------
-APT_PACKAGES=(orthanc orthanc-dicomweb dcmtk dicom3tools redis-server postgresql python3.11 chromium nftables)
+APT_PACKAGES=(orthanc orthanc-dicomweb dcmtk dicom3tools redis-server postgresql python3.11 chromium nftables stunnel4)
 command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -7,8 +7,9 @@ reads back equal to what the resident painted, the job is finished, the audit lo
 step, the director's statistics page shows the decision, no request left the machine, and
 screenshots are saved in tests/artifacts/.
 
-Measured on the way (benchmarks/bench_review.py writes them): time from clicking "Open" to the
-first image (``review_open_case_s``) and slice-change latency (``review_slice_latency_p95_ms``).
+Measured on the way (benchmarks/bench_review.py writes them): time from clicking "Open" until the
+whole volume is in the browser (``review_open_case_s``; the first image comes earlier) and
+slice-change latency (``review_slice_latency_p95_ms``).
 Set ``MEDIMG_REVIEW_TIMINGS=<file>`` to have the timings written there as JSON.
 """
 
@@ -61,13 +62,15 @@ def sign_in(browser: Browser, platform: ReviewPlatform, user: str,
     return page, requests_seen
 
 
-def open_first_case(page: Page) -> float:
-    """Click "Open" on the first row; seconds until the viewer drew its first image."""
+def open_first_case(page: Page) -> tuple[float, float]:
+    """Click "Open" on the first row; seconds until the viewer drew its first image (the three
+    preview planes), and until the whole volume was in the browser (every slice scrolls)."""
     started = page.evaluate("performance.now()")
     page.locator(".medimg-worklist-row .medimg-open-case").first.click()
-    page.wait_for_function(f"window.__medimgViewer && window.__medimgViewer.firstImageAt > {started}",
-                           timeout=TIMEOUT_MS, polling=20)
-    return (page.evaluate("window.__medimgViewer.firstImageAt") - started) / 1000
+    page.wait_for_function(f"window.__medimgViewer && window.__medimgViewer.volumeAt > {started}"
+                           f" && window.__medimgViewer.firstImageAt > {started}", timeout=TIMEOUT_MS, polling=20)
+    first, whole = page.evaluate("[window.__medimgViewer.firstImageAt, window.__medimgViewer.volumeAt]")
+    return (first - started) / 1000, (whole - started) / 1000
 
 
 def paint_stroke(page: Page) -> None:
@@ -92,7 +95,7 @@ def test_resident_proposes_attending_finalises(chromium_browser: Browser, platfo
     # --- the resident --------------------------------------------------------------------------
     resident, seen_r = sign_in(chromium_browser, platform, "resident-a")
     save_screenshot(resident, "review-1-worklist-resident")
-    timings["open_case_s_resident"] = open_first_case(resident)
+    timings["first_image_s_resident"], timings["open_case_s_resident"] = open_first_case(resident)
     save_screenshot(resident, "review-2-case-resident")
     scroll_slices(resident, "axial", wheel=40, keys=30)
     stats = slice_stats(resident)
@@ -114,7 +117,7 @@ def test_resident_proposes_attending_finalises(chromium_browser: Browser, platfo
     # --- the attending -------------------------------------------------------------------------
     attending, seen_a = sign_in(chromium_browser, platform, "attending-a")
     assert "corrected by resident-a" in attending.locator(".medimg-worklist-row").first.inner_text()
-    timings["open_case_s_attending"] = open_first_case(attending)
+    timings["first_image_s_attending"], timings["open_case_s_attending"] = open_first_case(attending)
     attending.wait_for_selector("text=the proposal of resident-a")
     attending.get_by_role("button", name="Correct & accept", exact=True).click()
     attending.wait_for_selector("text=Finalised as 'corrected'", timeout=120_000)
