@@ -21,7 +21,9 @@ from __future__ import annotations
 import io
 import logging
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator
+from typing import IO
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -36,7 +38,10 @@ from .errors import DicomFileError, DICOMwebError
 log = logging.getLogger(__name__)
 
 #: Upper size of one STOW-RS request body, in bytes.
-BATCH_BYTES = 64 * 1024 * 1024
+BATCH_BYTES = 32 * 1024 * 1024
+#: STOW-RS requests in flight at once: the PACS stores one while the next uploads (measured on two
+#: cores, 1,000 CT files into Orthanc: one stream 6.0-6.6 s, two streams see RESULTS.md).
+STOW_STREAMS = 2
 #: Media Storage Directory Storage: a DICOMDIR, an index rather than an image.
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 _REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
@@ -57,6 +62,10 @@ class Source:
             return self.path.read_bytes()
         with zipfile.ZipFile(self.path) as archive:
             return archive.read(self.member)
+
+    def open(self) -> IO[bytes]:
+        """The file for reading (a plain file is read as far as the caller reads: headers only)."""
+        return open(self.path, "rb") if self.member is None else io.BytesIO(self.read())
 
 
 @dataclass(frozen=True)
@@ -166,15 +175,21 @@ def _dicomdir_sources(path: Path, report: ImportReport) -> Iterator[Source]:
 def _header(source: Source) -> tuple[_Instance | None, str | None]:
     """The instance a file holds, or why it cannot be imported (``None`` for both: a DICOMDIR)."""
     try:
-        data = source.read()
+        fh = source.open()
     except (OSError, zipfile.BadZipFile, KeyError) as exc:
         return None, f"unreadable ({exc})"
-    if len(data) < 132 or data[128:132] != b"DICM":
-        return None, "not a DICOM file (no 'DICM' marker after the 128-byte preamble)"
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        return None, f"malformed DICOM ({type(exc).__name__}: {exc})"
+    with fh:
+        try:
+            preamble = fh.read(132)
+        except OSError as exc:
+            return None, f"unreadable ({exc})"
+        if len(preamble) < 132 or preamble[128:132] != b"DICM":
+            return None, "not a DICOM file (no 'DICM' marker after the 128-byte preamble)"
+        try:
+            fh.seek(0)
+            ds = pydicom.dcmread(fh, stop_before_pixels=True)
+        except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
+            return None, f"malformed DICOM ({type(exc).__name__}: {exc})"
     if str(getattr(ds.file_meta, "MediaStorageSOPClassUID", "")) == DICOMDIR_SOP_CLASS:
         return None, None
     missing = [k for k in _REQUIRED if not str(ds.get(k, "")).strip()]
@@ -266,9 +281,18 @@ def import_files(
     handled = len(sources) - sum(len(v) for v in by_study.values())
     if progress and handled:
         progress(handled)
-    if store is None:
-        store = client.store_instances if dataset is None else (
-            lambda batch: client.store_instances(batch, dataset=dataset))  # type: ignore[call-arg]
+    raw = getattr(client, "store_files", None)  # HTTP clients: file bytes as they are, nothing re-encoded
+    if store is None and raw is not None:
+        def send(batch: list[_Instance]) -> Dataset:
+            return raw([i.source.read() for i in batch], dataset=dataset)
+    else:
+        if store is None:
+            store = client.store_instances if dataset is None else (
+                lambda datasets: client.store_instances(datasets, dataset=dataset))  # type: ignore[call-arg]
+        chosen = store
+
+        def send(batch: list[_Instance]) -> Dataset:
+            return chosen([pydicom.dcmread(io.BytesIO(i.source.read())) for i in batch])
     for study, instances in by_study.items():
         pending = list(instances)
         try:
@@ -281,24 +305,31 @@ def import_files(
                 progress(len(instances) - len(pending))
             if assign is not None:  # also when every instance is there: a new platform database learns it
                 assign(study, instances[0].institution)
-            for batch in list(_batches(pending, batch_bytes)):
-                response = store([pydicom.dcmread(io.BytesIO(i.source.read())) for i in batch])
-                failed = {str(item.ReferencedSOPInstanceUID): item.get("FailureReason", "?")
-                          for item in getattr(response, "FailedSOPSequence", None) or []}
-                for instance in batch:
-                    if instance.sop in failed:
-                        report.skipped.append(Skipped(instance.source.name, "the PACS refused it (STOW-RS "
-                                                      f"FailureReason {failed[instance.sop]})"))
-                if len(batch) > len(failed):
-                    report.stored[study] = report.stored.get(study, 0) + len(batch) - len(failed)
-                pending = pending[len(batch):]
-                if progress:
-                    progress(len(batch))
+            batches = list(_batches(pending, batch_bytes))
+            pool = ThreadPoolExecutor(STOW_STREAMS)  # the PACS stores one request while the next uploads
+            try:
+                answers = pool.map(send, batches)
+                for batch in batches:
+                    response = next(answers)
+                    failed = {str(item.ReferencedSOPInstanceUID): item.get("FailureReason", "?")
+                              for item in getattr(response, "FailedSOPSequence", None) or []}
+                    for instance in batch:
+                        if instance.sop in failed:
+                            report.skipped.append(Skipped(instance.source.name, "the PACS refused it (STOW-RS "
+                                                          f"FailureReason {failed[instance.sop]})"))
+                    if len(batch) > len(failed):
+                        report.stored[study] = report.stored.get(study, 0) + len(batch) - len(failed)
+                    pending = pending[len(batch):]
+                    if progress:
+                        progress(len(batch))
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)  # after a failure, nothing more is sent
         except DICOMwebError as exc:
             if strict:
                 raise
             for instance in pending:
-                report.skipped.append(Skipped(instance.source.name, f"study {study} not stored: {exc}"))
+                report.skipped.append(Skipped(instance.source.name, f"study {study} not (or not wholly) stored: "
+                                                                    f"{exc}; import again to complete it"))
             log.warning("study %s: %s", study, exc)
             if progress and pending:
                 progress(len(pending))

@@ -11,14 +11,16 @@ Security posture of the generated configuration:
   listens on every interface, but answers only loopback clients;
 * the DICOM (DIMSE) server off unless ``[pacs] dicom_port`` is set;
 * Lua, WebDAV and REST writes to the file system off;
-* ``TcpNoDelay`` on and HTTP compression off (DICOMweb bulk data is not compressible
-  and gzip costs throughput).
+* ``TcpNoDelay`` on (HTTP; and ``TCP_NODELAY=1`` in the environment for the DICOM server, which
+  dcmtk reads) and HTTP compression off (DICOMweb bulk data is not compressible and gzip costs
+  throughput).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,9 @@ class OrthancServer:
             settings.var_dir,
             ready=self.is_ready,
             url=self.dicomweb_url,
+            # dcmtk (Orthanc's DICOM networking) leaves Nagle's algorithm on unless told: each C-STORE
+            # then waits for a delayed ACK, ~50 ms an instance (measured: 100 CT instances 4.9 s, 0.42 s with this)
+            env={**os.environ, "TCP_NODELAY": "1"},
         )
 
     # -- credentials and configuration ------------------------------------------------

@@ -27,9 +27,11 @@ from __future__ import annotations
 import io
 import logging
 import os
+import socket
 import threading
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,8 +56,9 @@ log = logging.getLogger(__name__)
 
 #: Spool folder name of instances routed to no dataset.
 UNASSIGNED = "_unassigned"
-#: Upper size of one STOW-RS request to the PACS (bytes of files).
-FORWARD_BATCH_BYTES = 32 * 1024 * 1024
+#: Upper size of one STOW-RS request to the PACS (bytes of files), and requests in flight at once.
+FORWARD_BATCH_BYTES = 16 * 1024 * 1024
+STOW_STREAMS = 2
 #: C-STORE status: Refused, SOP class not supported (PS3.4 Table GG.4-1); Processing failure.
 REFUSED_SOP_CLASS = 0x0122
 PROCESSING_FAILURE = 0x0110
@@ -130,6 +133,8 @@ class Receiver:
                     (evt.EVT_ABORTED, self._on_ended)]
         self._server = ae.start_server((self.settings.platform.bind_host, cfg.port), block=False,
                                        evt_handlers=handlers)
+        # accepted sockets inherit it (Linux): a C-STORE response never waits for a delayed ACK
+        self._server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._forwarder = threading.Thread(target=self._forward_loop, name="receiver-forwarder", daemon=True)
         self._forwarder.start()
         log.info("DICOM receiver listening on %s:%d as %s (%d senders)", self.settings.platform.bind_host, cfg.port,
@@ -243,20 +248,24 @@ class Receiver:
                 current = assign_study(session, study, None, dataset=dataset)
             if current != dataset:
                 log.warning("study %s was routed to dataset %s but is in %s; it stays there", study, dataset, current)
-        stored = 0
-        batch: list[Path] = []
+        batches: list[list[Path]] = [[]]
         size = 0
-        for path in [*files, None]:
-            if path is not None:
-                batch.append(path)
-                size += path.stat().st_size
-            if batch and (path is None or size >= FORWARD_BATCH_BYTES):
-                stored += self._store(batch)
-                batch, size = [], 0
-        return stored
+        for path in files:
+            if size >= FORWARD_BATCH_BYTES:
+                batches.append([])
+                size = 0
+            batches[-1].append(path)
+            size += path.stat().st_size
+        pool = ThreadPoolExecutor(STOW_STREAMS)  # the PACS stores one request while the next uploads
+        try:
+            return sum(pool.map(self._store, batches))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _store(self, batch: list[Path]) -> int:
-        answer = self.pacs.store_instances([pydicom.dcmread(io.BytesIO(p.read_bytes())) for p in batch])
+        raw = getattr(self.pacs, "store_files", None)  # the bytes as received, not decoded and re-encoded
+        answer = raw([p.read_bytes() for p in batch]) if raw is not None else self.pacs.store_instances(
+            [pydicom.dcmread(io.BytesIO(p.read_bytes())) for p in batch])
         failed = {str(item.ReferencedSOPInstanceUID): item.get("FailureReason", "?")
                   for item in getattr(answer, "FailedSOPSequence", None) or []}
         for path in batch:
