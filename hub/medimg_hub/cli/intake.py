@@ -4,10 +4,24 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
 from medimg_hub.settings import Settings
+
+
+def _platform_engine(settings: Settings) -> Any:
+    """The platform database, migrated to the newest schema and with the ``[[datasets]]`` of the
+    settings file, as ``medimg up`` leaves it: these commands work before the platform ever ran."""
+    from medimg_hub.access.datasets import sync_datasets
+    from medimg_hub.db import make_engine
+    from medimg_hub.db.migrations import upgrade
+
+    upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    sync_datasets(engine, settings.datasets)
+    return engine
 
 
 def _audit(settings: Settings, action: str, rows: list[tuple[str | None, str | None, bool, str]]) -> None:
@@ -53,10 +67,9 @@ def import_command(settings: Settings, paths: tuple[str, ...], dataset: str | No
 
     from medimg_hub.access.datasets import DatasetDirectory, assign_study, ingest_assigner
     from medimg_hub.access.models import Dataset, DatasetStudy
-    from medimg_hub.db import make_engine
     from medimg_hub.pacs.connection import pacs_connection
 
-    engine = make_engine(settings.database_url)
+    engine = _platform_engine(settings)
     sessions = sessionmaker(engine)
     unassigned: list[str] = []
     if dataset is not None:
@@ -127,9 +140,8 @@ def datasets_list(settings: Settings) -> None:
     from sqlalchemy.orm import Session
 
     from medimg_hub.access.models import Dataset, DatasetStudy
-    from medimg_hub.db import make_engine
 
-    engine = make_engine(settings.database_url)
+    engine = _platform_engine(settings)
     with Session(engine) as session:
         counts = dict(session.execute(select(DatasetStudy.dataset, func.count()).group_by(DatasetStudy.dataset)).all())
         for name, description in session.execute(select(Dataset.name, Dataset.description).order_by(Dataset.name)):
@@ -147,10 +159,9 @@ def datasets_unassigned(settings: Settings) -> None:
     from medimg_kernel.dicom_json import first_value
 
     from medimg_hub.access.models import DatasetStudy
-    from medimg_hub.db import make_engine
     from medimg_hub.pacs.connection import pacs_connection
 
-    engine = make_engine(settings.database_url)
+    engine = _platform_engine(settings)
     with Session(engine) as session:
         assigned = set(session.scalars(select(DatasetStudy.study_instance_uid)))
     engine.dispose()
