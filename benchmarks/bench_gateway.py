@@ -39,7 +39,7 @@ from medimg_hub.servers.process import free_port  # noqa: E402
 from medimg_hub.settings import (DatasetSettings, HubSettings, PacsSettings, PlatformSettings,  # noqa: E402
                                  QueueSettings, Settings, TasksSettings)
 from medimg_hub.db.migrations import upgrade  # noqa: E402
-from medimg_hub.pipeline.models import make_engine  # noqa: E402
+from medimg_hub.db import make_engine  # noqa: E402
 from medimg_kernel.client import DICOMwebHTTPClient  # noqa: E402
 from medimg_kernel.synthetic import SyntheticPatient, ct_series_from_volume  # noqa: E402
 from medimg_kernel.volume import Volume  # noqa: E402
