@@ -12,11 +12,12 @@ with an alias and tags.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -308,11 +309,21 @@ def log_segmentation_model(network: torch.nn.Module, config: SegmentationModelCo
     )
 
 
+def training_set_digest(study_uids: Iterable[str]) -> str:
+    """SHA-256 (hex) of the sorted, distinct StudyInstanceUIDs, one per line: the training set's
+    fingerprint, recorded instead of the UIDs themselves.
+
+    Runs and registered models are read by engineers of every dataset, so they never hold study
+    UIDs; whoever may read the studies recomputes the digest to check a model's provenance.
+    """
+    lines = "".join(f"{uid}\n" for uid in sorted(set(study_uids)))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
 def _tags(train_pairs: Sequence[TrainingPair], val_dice: dict[str, float]) -> dict[str, str]:
-    studies = ",".join(dict.fromkeys(p.study_instance_uid for p in train_pairs))
     n_studies = len(set(p.study_instance_uid for p in train_pairs))
     return {
-        "train_studies": studies if len(studies) <= 4000 else f"{n_studies} studies (see train_studies.json)",
+        "train_set_sha256": training_set_digest(p.study_instance_uid for p in train_pairs),
         "n_train_studies": str(n_studies),
         "sites": ",".join(sorted({p.site for p in train_pairs if p.site})),
         **{f"val_dice_{name}": f"{value:.4f}" for name, value in val_dice.items()},
@@ -389,7 +400,9 @@ def train_segmentation(
                 mlflow.log_params(_params(config, epochs=epochs, batch_size=batch_size, lr=lr,
                                           n_train=len(train_pairs), n_val=len(val_pairs), device=device.type))
                 mlflow.log_dict(json.loads(config.to_json()), "segmentation_config.json")
-                mlflow.log_dict(sorted({p.study_instance_uid for p in train_pairs}), "train_studies.json")
+                mlflow.log_dict({"n_studies": len({p.study_instance_uid for p in train_pairs}),
+                                 "sha256": training_set_digest(p.study_instance_uid for p in train_pairs)},
+                                "train_set.json")
                 network = build_network(config).to(device)
                 train_items = model_grid_items(train_pairs, config)
                 val_items = model_grid_items(val_pairs, config)
@@ -417,4 +430,4 @@ def train_segmentation(
 
 __all__ = ["DEFAULT_MODEL_NAME", "DEFAULT_EXPERIMENT", "DEFAULT_ALIAS", "ProgressCallback", "TrainingResult",
            "default_artifact_location", "tracking", "patch_sampler", "validate", "pip_requirements",
-           "train_segmentation", "train_epochs", "model_grid_items", "EpochCallback", "log_segmentation_model", "experiment_id"]
+           "train_segmentation", "train_epochs", "training_set_digest", "model_grid_items", "EpochCallback", "log_segmentation_model", "experiment_id"]

@@ -7,8 +7,10 @@ when tests fail. Demo logins: engineer1 (engineers), resident-a (clinician), dir
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -220,8 +222,200 @@ def test_moving_the_clinical_alias_is_an_approval(hub: Hub, admin_token: str) ->
                               headers=engineer, timeout=30)
     assert deleted.status_code == 403 and alias_version(clinical) == "1"
     assert set_alias(engineer, clinical, "not-a-version").status_code == 403  # refused before MLflow sees it
-    rows = AuditLog(make_engine(hub.settings.database_url)).query(action="mlflow", limit=500)
-    moves = [(r.user, r.outcome.value, r.detail) for r in rows if f"model '{name}'" in (r.detail or "")]
+    audit = AuditLog(make_engine(hub.settings.database_url))
+    deadline = time.monotonic() + 10  # the proxy writes audit rows after answering, from a thread
+    while True:
+        rows = audit.query(action="mlflow", limit=500)
+        moves = [(r.user, r.outcome.value, r.detail) for r in rows if f"model '{name}'" in (r.detail or "")]
+        if len(moves) >= 6 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert ("director1", "allowed", f"POST api/2.0/mlflow/registered-models/alias: alias '{clinical}' of model "
             f"'{name}' -> version 1 (approved)") in moves, moves
     assert sum(1 for user, outcome, _ in moves if user == "engineer1" and outcome == "denied") == 4, moves
+
+
+# --- datasets are the unit of access in MLflow too (#13 item 2) ---------------------------------------
+
+@pytest.fixture(scope="module")
+def job_runs(hub: Hub, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
+    """One pipeline job's run per dataset (site-a, site-c), logged hub side as a worker logs them."""
+    from medimg_hub.access.datasets import sync_datasets
+    from medimg_hub.db.migrations import upgrade
+    from medimg_hub.pipeline.tracking import log_job_run
+    from medimg_hub.tracking.accounts import AdminApi
+    from medimg_hub.tracking.server import credentials
+
+    settings = hub.settings
+    upgrade(settings.database_url)
+    sync_datasets(make_engine(settings.database_url), settings.datasets)
+    api = AdminApi(settings.mlflow_tracking_uri, credentials(settings))
+    folder = tmp_path_factory.mktemp("executed")
+    runs: dict[str, dict[str, str]] = {}
+    for dataset in ("site-a", "site-c"):
+        study = f"1.2.826.0.1.3680043.10.999.{secrets.randbelow(10**9)}"
+        notebook = folder / f"{dataset}.ipynb"
+        notebook.write_text(json.dumps({"cells": [{"cell_type": "markdown", "metadata": {}, "source": [study]}],
+                                        "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+        run_id = log_job_run(api, pipeline_id="organ-segmentation", stage_id="segment", task_id=secrets.token_hex(8),
+                             job_id=secrets.token_hex(8), owner="resident-c" if dataset == "site-c" else "resident-a",
+                             dataset=dataset, parameters={"study_instance_uid": study},
+                             outputs={"metrics": {"liver_ml": 1500.0}, "seg_sop_instance_uid": study + ".1"},
+                             notebook=notebook, status="succeeded")
+        experiment = api.call("GET", f"{API}/runs/get", params={"run_id": run_id})["run"]["info"]["experiment_id"]
+        runs[dataset] = {"run_id": run_id, "study": study, "experiment_id": experiment,
+                         "notebook": f"notebook/{notebook.name}"}
+    time.sleep(GRANTS_TTL_S)  # the proxy's cached grants from earlier tests (before the sync) expire
+    return runs
+
+
+#: Seconds the proxy reuses a group's dataset grants (DatasetDirectory's ttl_s), plus a margin.
+GRANTS_TTL_S = 5.5
+
+
+def _reads(hub: Hub, headers: dict[str, str], run: dict[str, str]) -> dict[str, int]:
+    """Status of each way of reading one run through the proxy."""
+    base = mlflow_url(hub)
+    run_id, experiment = run["run_id"], run["experiment_id"]
+    graph = requests.post(f"{base}/graphql", headers=headers, timeout=30, json={
+        "query": "query q($d: MlflowGetRunInput){mlflowGetRun(input:$d){run{info{runId}}}}",
+        "variables": {"d": {"runId": run_id}}})
+    return {
+        "runs/get": requests.get(f"{base}/{API}/runs/get", params={"run_id": run_id}, headers=headers, timeout=30).status_code,
+        "artifacts/list": requests.get(f"{base}/{API}/artifacts/list", params={"run_id": run_id}, headers=headers,
+                                       timeout=30).status_code,
+        "get-artifact": requests.get(f"{base}/get-artifact", params={"run_uuid": run_id, "path": run["notebook"]},
+                                     headers=headers, timeout=30).status_code,
+        "mlflow-artifacts": requests.get(
+            f"{base}/api/2.0/mlflow-artifacts/artifacts/{experiment}/{run_id}/artifacts/{run['notebook']}", headers=headers,
+            timeout=30).status_code,
+        "metrics": requests.get(f"{base}/ajax-api/2.0/mlflow/metrics/get-history-bulk",
+                                params={"run_id": run_id, "metric_key": "liver_ml"}, headers=headers,
+                                timeout=30).status_code,
+        "experiments/get": requests.get(f"{base}/{API}/experiments/get", params={"experiment_id": experiment},
+                                        headers=headers, timeout=30).status_code,
+        "graphql": 200 if (graph.json().get("data") or {}).get("mlflowGetRun") else 403,
+    }
+
+
+def _listed(hub: Hub, headers: dict[str, str], runs: dict[str, dict[str, str]]) -> tuple[set[str], set[str]]:
+    """(experiments, runs) a search shows to the caller, among ``runs``'."""
+    base = f"{mlflow_url(hub)}/{API}"
+    experiments = requests.post(f"{base}/experiments/search", json={"max_results": 1000}, headers=headers, timeout=30)
+    found = requests.post(f"{base}/runs/search", headers=headers, timeout=30,
+                          json={"experiment_ids": [r["experiment_id"] for r in runs.values()], "max_results": 100})
+    assert experiments.status_code == 200 and found.status_code == 200, (experiments.text, found.text)
+    ids = {e["experiment_id"] for e in experiments.json().get("experiments", [])}
+    return ({d for d, r in runs.items() if r["experiment_id"] in ids},
+            {d for d, r in runs.items() if r["run_id"] in {x["info"]["run_id"] for x in found.json().get("runs", [])}})
+
+
+def test_a_datasets_runs_are_read_only_by_its_grantees(hub: Hub, admin_token: str,
+                                                       job_runs: dict[str, dict[str, str]]) -> None:
+    """engineer1 reads site-a and site-b, not site-c: every route to site-c's job run (its UIDs,
+    outputs and executed notebook) is refused or filtered, while site-a's all answer."""
+    engineer = {"Authorization": f"Bearer {token_of(hub, admin_token, 'engineer1')}"}
+    got = _reads(hub, engineer, job_runs["site-a"])
+    assert set(got.values()) == {200}, (got, hub_log_tail(hub))
+    refused = _reads(hub, engineer, job_runs["site-c"])
+    assert set(refused.values()) == {403}, refused
+    assert _listed(hub, engineer, job_runs) == ({"site-a"}, {"site-a"})
+    # a director holds no read grant on any dataset; the hub's admin reads them all
+    director = {"Authorization": f"Bearer {token_of(hub, admin_token, 'director1')}"}
+    assert set(_reads(hub, director, job_runs["site-c"]).values()) == {403}
+    admin = {"Authorization": f"Bearer {admin_token}"}
+    assert set(_reads(hub, admin, job_runs["site-c"]).values()) == {200}
+    assert _listed(hub, admin, job_runs) == ({"site-a", "site-c"}, {"site-a", "site-c"})
+    # nothing of site-c's study in what the engineer could list
+    listed = requests.post(f"{mlflow_url(hub)}/{API}/runs/search", headers=engineer, timeout=30,
+                           json={"experiment_ids": [r["experiment_id"] for r in job_runs.values()]})
+    assert job_runs["site-c"]["study"] not in listed.text and job_runs["site-a"]["study"] in listed.text
+
+
+def test_a_grant_takes_effect_in_mlflow_without_a_restart(hub: Hub, admin_token: str,
+                                                         job_runs: dict[str, dict[str, str]]) -> None:
+    from sqlalchemy import delete
+    from sqlalchemy.orm import Session
+
+    from medimg_hub.access.models import Grant
+
+    engineer = {"Authorization": f"Bearer {token_of(hub, admin_token, 'engineer1')}"}
+    url = f"{mlflow_url(hub)}/{API}/runs/get"
+    params = {"run_id": job_runs["site-c"]["run_id"]}
+
+    def status_within(expected: int, seconds: float = 20.0) -> int:
+        deadline = time.monotonic() + seconds
+        while True:
+            status = requests.get(url, params=params, headers=engineer, timeout=30).status_code
+            if status == expected or time.monotonic() > deadline:
+                return status
+            time.sleep(0.5)
+
+    assert status_within(403, 0) == 403
+    engine = make_engine(hub.settings.database_url)
+    with Session(engine) as session, session.begin():
+        session.add(Grant(dataset="site-c", group_name="engineers", right="read"))
+    try:
+        assert status_within(200) == 200
+    finally:
+        with Session(engine) as session, session.begin():
+            session.execute(delete(Grant).where(Grant.dataset == "site-c", Grant.group_name == "engineers"))
+    assert status_within(403) == 403
+
+
+def test_runs_are_credited_to_their_people(hub: Hub, admin_token: str, job_runs: dict[str, dict[str, str]]) -> None:
+    from medimg_hub.tracking.accounts import AdminApi
+    from medimg_hub.tracking.server import credentials
+
+    api = AdminApi(hub.settings.mlflow_tracking_uri, credentials(hub.settings))
+    job = api.call("GET", f"{API}/runs/get", params={"run_id": job_runs["site-c"]["run_id"]})["run"]
+    assert {t["key"]: t["value"] for t in job["data"]["tags"]}["mlflow.user"] == "resident-c"  # the task's owner
+    engineer = {"Authorization": f"Bearer {token_of(hub, admin_token, 'engineer1')}"}
+    base = f"{mlflow_url(hub)}/{API}"
+    experiment = requests.post(f"{base}/experiments/create", json={"name": f"mine-{secrets.token_hex(3)}"},
+                               headers=engineer, timeout=30).json()["experiment_id"]
+    forged = requests.post(f"{base}/runs/create", headers=engineer, timeout=30, json={
+        "experiment_id": experiment, "user_id": "director1", "tags": [{"key": "mlflow.user", "value": "director1"}]})
+    assert forged.status_code == 200, forged.text
+    info = forged.json()["run"]
+    assert info["info"]["user_id"] == "engineer1"
+    assert {t["key"]: t["value"] for t in info["data"]["tags"]}["mlflow.user"] == "engineer1"
+    # the client's default experiment works for every account; another person's experiment is read-only
+    assert requests.post(f"{base}/runs/create", json={"experiment_id": "0"}, headers=engineer,
+                         timeout=30).status_code == 200
+    director = {"Authorization": f"Bearer {token_of(hub, admin_token, 'director1')}"}
+    assert requests.post(f"{base}/runs/create", json={"experiment_id": experiment}, headers=director,
+                         timeout=30).status_code == 403
+    retag = requests.post(f"{base}/runs/set-tag", headers=engineer, timeout=30, json={
+        "run_id": info["info"]["run_id"], "key": "mlflow.user", "value": "director1"})
+    assert retag.status_code == 403
+
+
+def test_users_cannot_plant_or_relabel_dataset_experiments(hub: Hub, admin_token: str,
+                                                          job_runs: dict[str, dict[str, str]]) -> None:
+    """A pipeline's experiment made in advance by an engineer would receive another dataset's runs."""
+    from medimg_hub.tracking.accounts import AdminApi, TrackingAccessError, dataset_experiment
+    from medimg_hub.tracking.server import credentials
+
+    engineer = {"Authorization": f"Bearer {token_of(hub, admin_token, 'engineer1')}"}
+    base = f"{mlflow_url(hub)}/{API}"
+    planted = requests.post(f"{base}/experiments/create", json={"name": "pipeline/organ-segmentation/site-b"},
+                            headers=engineer, timeout=30)
+    assert planted.status_code == 403
+    ajax = requests.post(f"{mlflow_url(hub)}/ajax-api/2.0/mlflow/experiments/create", headers=engineer, timeout=30,
+                         json={"name": f"x-{secrets.token_hex(3)}", "tags": [{"key": "medimg.dataset", "value": "site-c"}]})
+    assert ajax.status_code == 403
+    mine = requests.post(f"{base}/experiments/create", json={"name": f"mine-{secrets.token_hex(3)}"}, headers=engineer,
+                         timeout=30).json()["experiment_id"]
+    assert requests.post(f"{base}/experiments/update", json={"experiment_id": mine, "new_name": "pipeline/x/site-b"},
+                         headers=engineer, timeout=30).status_code == 403
+    assert requests.post(f"{base}/experiments/set-experiment-tag", headers=engineer, timeout=30, json={
+        "experiment_id": mine, "key": "medimg.dataset", "value": "site-a"}).status_code == 403
+    # changing the platform's own experiment: MLflow refuses (READ only)
+    assert requests.post(f"{base}/experiments/set-experiment-tag", headers=engineer, timeout=30, json={
+        "experiment_id": job_runs["site-a"]["experiment_id"], "key": "note", "value": "x"}).status_code == 403
+    # and a hub-side writer refuses an experiment of a pipeline's name that the platform did not make
+    api = AdminApi(hub.settings.mlflow_tracking_uri, credentials(hub.settings))
+    api.call("POST", f"{API}/experiments/create", json={"name": "pipeline/planted/site-b"})
+    with pytest.raises(TrackingAccessError, match="not made by the platform"):
+        dataset_experiment(api, "pipeline/planted/site-b", ["site-b"])

@@ -29,7 +29,7 @@ from medimg_kernel.errors import MedImgError, ModelNotFoundError
 from medimg_kernel.model import SegmentationModelConfig, predict_probabilities, preprocess, segment_volume
 from medimg_kernel.phantom import DEFAULT_SITES, make_phantom
 from medimg_kernel.registry import ensure_segmentation_model, load_segmentation_model
-from medimg_kernel.training import train_segmentation
+from medimg_kernel.training import train_segmentation, training_set_digest
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_OVERRIDES = {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0, "roi_size": [16, 32, 32],
@@ -72,7 +72,12 @@ def test_training_logs_metrics_and_registers_a_version(trained, tracking_uri, ti
     assert set(result.val_dice) == {"liver", "spleen", "kidney"}
     version = client.get_model_version_by_alias("organ-segmentation", "champion")
     assert int(version.version) == result.model_version == 1
-    assert version.tags["train_studies"] == ",".join(p.study_instance_uid for p in tiny_pairs[:2])
+    # the training set by fingerprint, never by UID: every engineer reads the registry
+    uids = [p.study_instance_uid for p in tiny_pairs[:2]]
+    assert version.tags["train_set_sha256"] == training_set_digest(reversed(uids)) != training_set_digest(uids[:1])
+    assert not any(uid in value for uid in uids for value in version.tags.values())
+    logged = json.loads(Path(client.download_artifacts(result.run_id, "train_set.json")).read_text())
+    assert logged == {"n_studies": 2, "sha256": version.tags["train_set_sha256"]}
     assert version.tags["sites"] == "SITE B" and "val_dice_liver" in version.tags
     artifacts = Path(client.get_experiment(run.info.experiment_id).artifact_location.removeprefix("file://"))
     assert artifacts.is_dir() and artifacts.parent == Path(tracking_uri.removeprefix("sqlite:///")).parent

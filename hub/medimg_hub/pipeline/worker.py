@@ -23,12 +23,16 @@ from medimg_kernel.stage import StageContext, read_outputs
 
 from medimg_hub.errors import NotJobOwnerError
 from medimg_hub.pacs.connection import pacs_connection
-from medimg_hub.pipeline.models import JobRecord
+from medimg_hub.access.datasets import DatasetDirectory
+from medimg_hub.db import make_engine
+from medimg_hub.pipeline.models import JobRecord, TaskRecord
 from medimg_hub.pipeline.notebook_runner import NotebookRunner, StageExecutionError
 from medimg_hub.pipeline.queue import RUN_JOB, dispatch_ready, make_celery
 from medimg_hub.pipeline.store import TaskStore
 from medimg_hub.pipeline.tracking import log_job_run
 from medimg_hub.settings import Settings
+from medimg_hub.tracking.accounts import AdminApi
+from medimg_hub.tracking.server import credentials
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +82,13 @@ class JobRunner:
     store: TaskStore
     worker_id: str
     notebooks: NotebookRunner = field(init=False)
+    mlflow: AdminApi = field(init=False)
+    datasets: DatasetDirectory = field(init=False)
 
     def __post_init__(self) -> None:
         self.notebooks = NotebookRunner(warm=self.settings.queue.warm_kernels)
+        self.mlflow = AdminApi(self.settings.mlflow_tracking_uri, credentials(self.settings))
+        self.datasets = DatasetDirectory(make_engine(self.settings.database_url))
 
     def run(self, job_id: str) -> str:
         """Run one job end to end; returns its final status for this attempt."""
@@ -101,15 +109,15 @@ class JobRunner:
             params = {**job.parameters, "medimg_job": str(workdir / "context.json")}
             run = self.notebooks.run(notebook, executed, params, kernel_name=KERNEL_NAME, timeout_s=job.timeout_s)
         except StageExecutionError as exc:
-            return self._failed(job, task.pipeline_id, heartbeat, exc.ename, str(exc), executed)
+            return self._failed(job, task, heartbeat, exc.ename, str(exc), executed)
         except Exception as exc:  # noqa: BLE001 - the kernel died or would not start: record it, keep serving
-            return self._failed(job, task.pipeline_id, heartbeat, type(exc).__name__, f"{type(exc).__name__}: {exc}", executed)
+            return self._failed(job, task, heartbeat, type(exc).__name__, f"{type(exc).__name__}: {exc}", executed)
         finally:
             heartbeat.stopped.set()
             heartbeat.join()
         outputs = {**read_outputs(context.outputs_path), "executed_notebook": str(executed)}
         tracking_start = time.perf_counter()
-        outputs["mlflow_run_id"] = self._track(job, task.pipeline_id, outputs, executed, "succeeded")
+        outputs["mlflow_run_id"] = self._track(job, task, outputs, executed, "succeeded")
         outputs["timing_s"] = {"notebook": round(run.seconds, 3), "tracking": round(time.perf_counter() - tracking_start, 3)}
         self.store.execution.succeed(job.id, self.worker_id, outputs)
         return "succeeded"
@@ -126,7 +134,7 @@ class JobRunner:
         context.to_file(workdir / "context.json")
         return context
 
-    def _failed(self, job: JobRecord, pipeline_id: str, heartbeat: _Heartbeat, ename: str, message: str,
+    def _failed(self, job: JobRecord, task: TaskRecord, heartbeat: _Heartbeat, ename: str, message: str,
                 executed: Path) -> str:
         heartbeat.stopped.set()
         heartbeat.join()
@@ -137,7 +145,7 @@ class JobRunner:
             return "cancelled"
         outputs = {"executed_notebook": str(executed)} if executed.exists() else {}
         try:
-            self._track(job, pipeline_id, outputs, executed, "failed")
+            self._track(job, task, outputs, executed, "failed")
         except Exception:  # noqa: BLE001 - tracking must not hide the job's own failure
             log.warning("could not record failed job %s in MLflow", job.id, exc_info=True)
         retryable = ename in TRANSIENT_ERRORS
@@ -145,11 +153,14 @@ class JobRunner:
         log.warning("job %s failed (%s, %s): %s", job.id, ename, "will retry" if retryable else "final", message)
         return "failed"
 
-    def _track(self, job: JobRecord, pipeline_id: str, outputs: dict[str, Any], executed: Path, status: str) -> str:
+    def _track(self, job: JobRecord, task: TaskRecord, outputs: dict[str, Any], executed: Path, status: str) -> str:
+        dataset = task.dataset
+        if dataset is None and task.study_instance_uid:
+            dataset = self.datasets.dataset_of(task.study_instance_uid)
         return log_job_run(
-            self.settings.mlflow_tracking_uri, pipeline_id=pipeline_id, stage_id=job.stage_id,
-            task_id=job.task_id, job_id=job.id, parameters=job.parameters, outputs=outputs,
-            notebook=executed, status=status,
+            self.mlflow, pipeline_id=task.pipeline_id, stage_id=job.stage_id, task_id=job.task_id, job_id=job.id,
+            owner=task.owner, dataset=dataset, parameters=job.parameters, outputs=outputs, notebook=executed,
+            status=status,
         )
 
 

@@ -20,10 +20,18 @@ that knows the hub. This service stands in front of it:
   ``--allowed-hosts``); never the hub's cookies, the caller's token or ``Origin`` (checked
   here, and unknown to MLflow). Bodies stream both ways with back-pressure: an artifact is never
   held whole in memory.
+* **As whom.** Each user reaches MLflow with an MLflow account of their own
+  (:mod:`medimg_hub.tracking.accounts`): MLflow's permissions confine a dataset's experiments
+  (pipeline jobs, platform training) to that dataset's grantees, kept in step with the grants
+  before each request is forwarded, and runs are credited to the user (``runs/create`` gets the
+  hub user as ``user_id`` and ``mlflow.user``). Experiment tags ``medimg.*``, experiment names
+  under ``pipeline/`` and the ``mlflow.user`` tag are the platform's: users' requests setting them
+  are refused (403).
 * **Clinical aliases are an approval.** Setting or deleting an alias that clinical pipelines load
   (``[mlflow] model_alias``, ``champion`` by default) is allowed to directors and hub admins only;
   the request body is read (it is a few bytes of JSON) to see which alias it moves, and the move is
-  audited with the model, alias, version and approver. Engineers set any other alias.
+  audited with the model, alias, version and approver, and made with the platform account (the
+  approver may only read the model in MLflow). Engineers set any other alias on their models.
 * **Audit.** Every request except successful static assets becomes a row in the platform's audit
   log (action ``mlflow``; detail = method and path below the prefix, never the query string).
 
@@ -57,8 +65,10 @@ from medimg_hub.access.identities import AuthFailure, HubIdentities
 from medimg_hub.access.models import Outcome
 from medimg_hub.hubconf.roles import ALIAS_APPROVERS, MLFLOW_ACCESS, MLFLOW_GROUPS
 from medimg_hub.servers.runner import run_service, stop_requested
+from medimg_hub.tracking.accounts import (RESERVED_TAG_PREFIX, AdminApi, MlflowAccounts, TrackingAccessError,
+                                          reserved_experiment_name)
 from medimg_hub.settings import MLFLOW_PREFIX, Settings, load_settings
-from medimg_hub.tracking.server import credentials
+from medimg_hub.tracking.server import account_key, credentials
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +94,15 @@ DROPPED_REQUEST_HEADERS = HOP_BY_HOP | {"authorization", "cookie", "origin", "x-
 DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {"set-cookie", "server", "www-authenticate"}
 #: Methods that may carry a body.
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-#: MLflow's REST endpoint that sets (POST) or deletes (DELETE) a registered model's alias (also under
-#: ``ajax-api``, which MLflow's own pages use).
-ALIAS_ENDPOINT = re.compile(r"(ajax-)?api/2\.0/mlflow/registered-models/alias")
-#: Largest alias request body read (bytes): a name, an alias and a version.
-MAX_ALIAS_BODY = 64 << 10
+#: Requests whose (small JSON) body the proxy reads whole and checks before forwarding (REST and
+#: the ``ajax-api`` that MLflow's own pages use): alias moves (POST sets, DELETE deletes), experiment names and tags, and run creation (credited to the caller).
+INSPECTED_ENDPOINT = re.compile(
+    r"(?:ajax-)?api/2\.0/mlflow/(registered-models/alias|experiments/create|experiments/update"
+    r"|experiments/set-experiment-tag|runs/create|runs/set-tag)")
+#: Largest inspected request body read (bytes).
+MAX_INSPECTED_BODY = 1 << 20
+#: Run tag MLflow shows as a run's user.
+USER_TAG = "mlflow.user"
 
 
 @dataclass
@@ -125,6 +139,11 @@ class ProxyContext:
     #: Aliases that clinical pipelines load: only :data:`~medimg_hub.hubconf.roles.ALIAS_APPROVERS`
     #: (and hub admins) may set or delete them.
     protected_aliases: frozenset[str] = frozenset()
+    #: Users' own MLflow accounts (``None``: every request as the platform account, for tests of
+    #: the proxy alone).
+    accounts: MlflowAccounts | None = None
+    account_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(4, thread_name_prefix="mlflow-accounts"))
     audit_executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="mlflow-audit"))
 
@@ -183,7 +202,10 @@ class MlflowProxyHandler(HubOAuthenticated, RequestHandler):  # type: ignore[mis
         self._upstream_headers = HTTPHeaders()
         self._headers_applied = False
         self.admin = False
-        self._alias_body: bytearray | None = None
+        self._inspected: str | None = None
+        self._inspected_body: bytearray | None = None
+        self._as_platform = False
+        self._account_auth = ""
 
     # --- authentication ---------------------------------------------------------------------------
 
@@ -200,9 +222,11 @@ class MlflowProxyHandler(HubOAuthenticated, RequestHandler):  # type: ignore[mis
         except ProxyRefused as refused:
             self._refuse(refused.status, refused.reason)
         route = self.request.path[len(self.ctx.prefix):]
-        if self.request.method in ("POST", "DELETE") and ALIAS_ENDPOINT.fullmatch(route):
-            self.request.connection.set_max_body_size(MAX_ALIAS_BODY)
-            self._alias_body = bytearray()  # read whole, checked in _forward, then sent
+        inspected = INSPECTED_ENDPOINT.fullmatch(route)
+        if inspected and self.request.method in ("POST", "DELETE"):
+            self._inspected = inspected.group(1)
+            self.request.connection.set_max_body_size(MAX_INSPECTED_BODY)
+            self._inspected_body = bytearray()  # read whole, checked in _forward, then sent
             return
         self._start_upstream()
 
@@ -228,6 +252,15 @@ class MlflowProxyHandler(HubOAuthenticated, RequestHandler):  # type: ignore[mis
         self.admin = admin
         if not admin and not set(self.groups) & set(MLFLOW_GROUPS):
             raise ProxyRefused(403, "not an engineer, director or admin")
+        if self.ctx.accounts is not None:
+            loop = asyncio.get_running_loop()
+            try:
+                username, password = await loop.run_in_executor(
+                    self.ctx.account_executor, self.ctx.accounts.prepare, self.user_name, self.groups, admin)
+            except TrackingAccessError as exc:
+                log.error("MLflow account of %s not ready: %s", self.user_name, exc)
+                raise ProxyRefused(502, f"MLflow account not ready: {exc}") from None
+            self._account_auth = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
     def _refuse(self, status: int, reason: str) -> NoReturn:
         self.detail = reason
@@ -255,8 +288,9 @@ class MlflowProxyHandler(HubOAuthenticated, RequestHandler):  # type: ignore[mis
         headers["X-Forwarded-For"] = self.request.remote_ip or ""
         headers["X-Forwarded-Host"] = self.request.host
         headers["X-Forwarded-Proto"] = self.request.protocol
-        if self.ctx.upstream_auth:
-            headers["Authorization"] = self.ctx.upstream_auth
+        upstream_auth = self._account_auth if self._account_auth and not self._as_platform else self.ctx.upstream_auth
+        if upstream_auth:
+            headers["Authorization"] = upstream_auth
         return headers
 
     def _start_upstream(self, body: bytes | None = None) -> None:
@@ -280,8 +314,8 @@ class MlflowProxyHandler(HubOAuthenticated, RequestHandler):  # type: ignore[mis
 
     def data_received(self, chunk: bytes) -> Any:
         self.bytes_in += len(chunk)
-        if self._alias_body is not None:
-            self._alias_body += chunk
+        if self._inspected_body is not None:
+            self._inspected_body += chunk
             return None
         if self._body is not None:
             return self._body.put(chunk)  # awaited by tornado: the caller waits while MLflow is slow
@@ -313,33 +347,63 @@ class MlflowProxyHandler(HubOAuthenticated, RequestHandler):  # type: ignore[mis
         self.write(chunk)
         return self.flush()  # awaited by tornado's client: MLflow waits while the caller is slow
 
-    def _check_alias_change(self) -> bytes:
-        """The alias request's body, if the caller may make this change; else refuse (403).
-
-        A clinical alias (:attr:`ProxyContext.protected_aliases`) moves only by a director's or an
-        admin's request; the audit detail names the model, alias and version either way.
-        """
-        body = bytes(self._alias_body or b"")
-        fields: dict[str, Any] = {}
-        if self.request.method == "POST":
-            try:
-                fields = json.loads(body or b"{}")
-            except ValueError:
-                self._refuse(400, "alias request body is not JSON")
-        else:
-            fields = {k: v[0] for k, v in parse_qs(self.request.query).items()}
+    def _request_fields(self) -> dict[str, Any]:
+        """The inspected request's fields: its JSON body (POST) or its query (DELETE)."""
+        if self.request.method != "POST":
+            return {k: v[0] for k, v in parse_qs(self.request.query).items()}
+        try:
+            fields = json.loads(bytes(self._inspected_body or b"") or b"{}")
+        except ValueError:
+            self._refuse(400, f"{self._inspected} request body is not JSON")
         if not isinstance(fields, dict):
-            self._refuse(400, "alias request body is not a JSON object")
-        alias, model, version = (str(fields.get(k, "")) for k in ("alias", "name", "version"))
-        change = f"alias {alias!r} of model {model!r}" + (f" -> version {version}" if version else " deleted")
-        if alias in self.ctx.protected_aliases and not (self.admin or set(self.groups) & set(ALIAS_APPROVERS)):
-            self._refuse(403, f"{change}: a clinical alias moves only with a director's or an admin's approval")
-        self.detail = change + (" (approved)" if alias in self.ctx.protected_aliases else "")
+            self._refuse(400, f"{self._inspected} request body is not a JSON object")
+        return fields
+
+    def _checked_body(self) -> bytes:
+        """The inspected request's body to forward (rewritten for ``runs/create``), or refuse it."""
+        fields = self._request_fields()
+        body = bytes(self._inspected_body or b"")
+        endpoint = self._inspected
+        if endpoint == "registered-models/alias":
+            self._check_alias_change(fields)
+        elif endpoint in ("experiments/create", "experiments/update"):
+            name = str(fields.get("name" if endpoint == "experiments/create" else "new_name", ""))
+            if reserved_experiment_name(name):
+                self._refuse(403, f"experiment name {name!r} is reserved for the platform's pipelines")
+            tags = fields.get("tags") or []
+            if any(isinstance(t, dict) and str(t.get("key", "")).startswith(RESERVED_TAG_PREFIX) for t in tags):
+                self._refuse(403, f"experiment tags {RESERVED_TAG_PREFIX}* are set by the platform only")
+        elif endpoint == "experiments/set-experiment-tag":
+            if str(fields.get("key", "")).startswith(RESERVED_TAG_PREFIX):
+                self._refuse(403, f"experiment tags {RESERVED_TAG_PREFIX}* are set by the platform only")
+        elif endpoint == "runs/set-tag":
+            if fields.get("key") == USER_TAG:
+                self._refuse(403, f"the {USER_TAG} tag names the run's creator and is set by the platform")
+        elif endpoint == "runs/create" and self.user_name:
+            tags = [t for t in fields.get("tags") or [] if not (isinstance(t, dict) and t.get("key") == USER_TAG)]
+            fields["tags"] = [*tags, {"key": USER_TAG, "value": self.user_name}]
+            fields["user_id"] = self.user_name
+            body = json.dumps(fields).encode()
         return body
 
+    def _check_alias_change(self, fields: dict[str, Any]) -> None:
+        """Refuse (403) an alias move the caller may not make.
+
+        A clinical alias (:attr:`ProxyContext.protected_aliases`) moves only by a director's or an
+        admin's request, made upstream with the platform account; the audit detail names the
+        model, alias and version either way.
+        """
+        alias, model, version = (str(fields.get(k, "")) for k in ("alias", "name", "version"))
+        change = f"alias {alias!r} of model {model!r}" + (f" -> version {version}" if version else " deleted")
+        if alias in self.ctx.protected_aliases:
+            if not (self.admin or set(self.groups) & set(ALIAS_APPROVERS)):
+                self._refuse(403, f"{change}: a clinical alias moves only with a director's or an admin's approval")
+            self._as_platform = True
+        self.detail = change + (" (approved)" if alias in self.ctx.protected_aliases else "")
+
     async def _forward(self, *_: str) -> None:
-        if self._alias_body is not None:
-            self._start_upstream(self._check_alias_change())
+        if self._inspected_body is not None:
+            self._start_upstream(self._checked_body())
         if self._body is not None:
             await self._body.put(None)
         assert self._upstream is not None  # noqa: S101 - started in prepare()
@@ -410,14 +474,17 @@ def build_context(settings: Settings, *, audit: bool = True) -> ProxyContext:
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", MLFLOW_PREFIX + "/")
     client = AsyncHTTPClient(force_instance=True, max_clients=MAX_UPSTREAM_REQUESTS,
                              max_body_size=MAX_DOWNLOAD_BYTES)
-    audit_log = None
-    if audit:
-        from medimg_hub.db import make_engine
+    from medimg_hub.access.datasets import DatasetDirectory
+    from medimg_hub.db import make_engine
 
-        audit_log = AuditLog(make_engine(settings.database_url))
+    engine = make_engine(settings.database_url)
+    audit_log = AuditLog(engine) if audit else None
     username, password = credentials(settings)
+    upstream = f"http://127.0.0.1:{settings.mlflow.port}"
+    accounts = MlflowAccounts(AdminApi(upstream + MLFLOW_PREFIX, (username, password)), account_key(settings),
+                              DatasetDirectory(engine))
     basic = base64.b64encode(f"{username}:{password}".encode()).decode()
-    return ProxyContext(upstream=f"http://127.0.0.1:{settings.mlflow.port}",
+    return ProxyContext(upstream=upstream, accounts=accounts,
                         prefix=prefix if prefix.endswith("/") else prefix + "/", hub_auth=hub_auth,
                         identities=HubIdentities(hub_auth), client=client, audit=audit_log,
                         upstream_auth=f"Basic {basic}", protected_aliases=frozenset({settings.mlflow.model_alias}))

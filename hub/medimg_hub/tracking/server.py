@@ -8,10 +8,14 @@ service (:mod:`medimg_hub.tracking.proxy`) at ``/services/mlflow``. The server a
 same path (``--static-prefix``, no trailing slash), so the proxy forwards paths unchanged, and it
 accepts only the Host headers people use for the hub (``--allowed-hosts``).
 
-The server requires a login of its own (MLflow's ``basic-auth`` app): one platform account
-whose password is generated into ``var/secrets/mlflow.json`` (0600) and known only hub side.
-Users' kernels, which share the loopback interface, cannot use MLflow except through the proxy,
-which checks their hub identity and role and adds the platform account upstream. Hub-side
+The server requires a login of its own (MLflow's ``basic-auth`` app): the platform account (its
+admin), whose password is generated into ``var/secrets/mlflow.json`` (0600) and known only hub
+side, and one account per hub user, whose password the proxy derives from a key in
+``var/secrets/mlflow-users.json`` (:mod:`medimg_hub.tracking.accounts`). Users' kernels, which
+share the loopback interface, cannot use MLflow except through the proxy, which checks their hub
+identity and role and forwards as their own account. Permissions: READ by default (engineers
+read each other's experiments and the registry, and manage what they create); a dataset's
+experiments only for its grantees. Hub-side
 processes (workers, the CLI, the federation's ServerApp) get the account as
 ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` (:func:`export_client_credentials`).
 """
@@ -40,6 +44,12 @@ def credentials(settings: Settings) -> tuple[str, str]:
     """(username, password) of the platform's MLflow account; generated on first use (hub side only)."""
     found = stored_secret(settings.var_dir / "secrets" / "mlflow.json", {"username": ACCOUNT, "password": None})
     return found["username"], found["password"]
+
+
+def account_key(settings: Settings) -> bytes:
+    """The hub-side key from which the proxy derives users' MLflow passwords (generated on first use)."""
+    found = stored_secret(settings.var_dir / "secrets" / "mlflow-users.json", {"key": None})
+    return found["key"].encode()
 
 
 def export_client_credentials(settings: Settings) -> None:
@@ -101,7 +111,7 @@ class MlflowServer:
         username, password = credentials(self.settings)
         auth_db = self.settings.var_dir / "mlflow" / "basic_auth.db"
         write_private(self.auth_config, "\n".join([
-            "[mlflow]", "default_permission = NO_PERMISSIONS", f"database_uri = sqlite:///{auth_db}",
+            "[mlflow]", "default_permission = READ", f"database_uri = sqlite:///{auth_db}",
             f"admin_username = {username}", f"admin_password = {password}",
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
             f"auth_cache_ttl_seconds = {AUTH_CACHE_TTL_S}", ""]))
