@@ -34,7 +34,7 @@ from benchlib import interleaved_medians, median, write_result  # noqa: E402
 from medimg_hub.hubconf.routes import kernel_environment  # noqa: E402
 from medimg_hub.pacs.ingest import ingest_files  # noqa: E402
 from medimg_hub.pacs.orthanc import OrthancServer  # noqa: E402
-from medimg_hub.access.datasets import ingest_assigner, sync_datasets  # noqa: E402
+from medimg_hub.access.datasets import ingest_assigner, seed_datasets  # noqa: E402
 from medimg_hub.servers.process import free_port  # noqa: E402
 from medimg_hub.settings import (DatasetSettings, HubSettings, PacsSettings, PlatformSettings,  # noqa: E402
                                  QueueSettings, Settings, TasksSettings)
@@ -66,7 +66,7 @@ def _setup(var_dir: Path) -> tuple[OrthancServer, Settings, str, str]:
     )
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
-    sync_datasets(engine, settings.datasets)
+    seed_datasets(engine, settings.datasets)
     rng = np.random.default_rng(0)
     volume = Volume(rng.normal(40, 60, SHAPE).astype(np.int16), (1.0, 0.7, 0.7))
     patient = SyntheticPatient("BENCH002", "PHANTOM^GATEWAY", "1.2.826.0.1.3680043.8.498.4243", institution_name="BENCHSITE")

@@ -44,7 +44,7 @@ import numpy as np
 from pydicom.uid import generate_uid
 
 from benchlib import median, write_result
-from medimg_hub.access.datasets import sync_datasets
+from medimg_hub.access.datasets import seed_datasets
 from medimg_hub.db import make_engine
 from medimg_hub.db.migrations import upgrade
 from medimg_hub.pacs.orthanc import OrthancServer
@@ -107,7 +107,7 @@ def main() -> None:
                                                   forward_interval_s=0.1),
                         routes=(RouteSettings("ct-research", calling_aet="CT01", match=("Modality=CT",)),))
     upgrade(settings.database_url)
-    sync_datasets(make_engine(settings.database_url), settings.datasets)
+    seed_datasets(make_engine(settings.database_url), settings.datasets)
     platform_pacs = OrthancServer(settings)
     bare.start()
     platform_pacs.start()

@@ -165,7 +165,7 @@ def test_a_study_a_scanner_pushes_is_routed_run_and_reviewed_in_its_dataset_only
     import dataclasses
     import subprocess
 
-    from medimg_hub.access.datasets import DatasetDirectory, sync_datasets
+    from medimg_hub.access.datasets import DatasetDirectory, seed_datasets
     from medimg_hub.access.identities import Identity
     from medimg_hub.db import make_engine
     from medimg_hub.pacs.receiver import Receiver
@@ -174,7 +174,7 @@ def test_a_study_a_scanner_pushes_is_routed_run_and_reviewed_in_its_dataset_only
 
     settings, _, _ = platform
     engine = make_engine(settings.database_url)
-    sync_datasets(engine, settings.datasets)
+    seed_datasets(engine, settings.datasets)
     directory = DatasetDirectory(engine, ttl_s=0)
     routed = dataclasses.replace(
         settings, receiver=ReceiverSettings(port=free_port(), senders=("CT7@127.0.0.1",), forward_interval_s=0.2),

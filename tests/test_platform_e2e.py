@@ -17,7 +17,7 @@ from medimg_hub.demo.users import ensure_demo_users
 from medimg_hub.servers.jupyterhub import JupyterHubServer
 from medimg_hub.pacs.ingest import ingest_files
 from medimg_hub.pacs.orthanc import OrthancServer
-from medimg_hub.access.datasets import ingest_assigner, sync_datasets
+from medimg_hub.access.datasets import ingest_assigner, seed_datasets
 from medimg_hub.access.models import AuditEvent
 from medimg_hub.servers.process import free_port
 from medimg_hub.settings import HubSettings, PacsSettings, PlatformSettings, Settings, TasksSettings, dump_settings, load_settings
@@ -55,7 +55,7 @@ def platform(tmp_path_factory):
     settings = load_settings(dump_settings(built, root / "settings.toml"))
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
-    sync_datasets(engine, settings.datasets)
+    seed_datasets(engine, settings.datasets)
     pacs, hub = OrthancServer(settings), JupyterHubServer(settings)
     try:
         pacs.start()

@@ -20,6 +20,7 @@ import sys
 import time
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ import requests
 
 from medimg_hub.pacs.ingest import ingest_files
 from medimg_hub.pacs.orthanc import OrthancServer
-from medimg_hub.access.datasets import ingest_assigner, sync_datasets
+from medimg_hub.access.datasets import ingest_assigner, seed_datasets
 from medimg_hub.servers.process import free_port
 from medimg_hub.settings import (DatasetSettings, HubSettings, PlatformSettings, QueueSettings, Settings,
                                  TasksSettings, dump_settings)
@@ -85,13 +86,14 @@ c.Spawner.environment = {{"MEDIMG_DICOMWEB_URL": "http://127.0.0.1:{service_port
                          "MEDIMG_PLATFORM_URL": "http://127.0.0.1:{service_port}{prefix}".rstrip("/")}}
 c.JupyterHub.services = [
     {{"name": "test-admin", "api_token": {admin_token!r}}},
-    {{"name": {service!r}, "url": "http://127.0.0.1:{service_port}", "display": False,
+    {{"name": {service!r}, "url": "http://127.0.0.1:{service_port}", "display": False, "oauth_no_confirm": True,
       "command": [{python!r}, "-m", "medimg_hub.platform_api", "--config", "{settings}"],
       "environment": {{"PYTHONPATH": {pythonpath!r}}}}},
 ]
 c.JupyterHub.load_roles = [
     {{"name": "user", "scopes": ["self", {access!r}]}},
-    {{"name": "platform-service", "scopes": ["read:users:name", "read:users:groups"], "services": [{service!r}]}},
+    {{"name": "platform-service", "scopes": ["read:users:name", "read:users:groups", "read:groups:name"],
+      "services": [{service!r}]}},
     {{"name": "admin", "services": ["test-admin"]}},  # makes hub-admin users and their tokens
 ]
 '''
@@ -254,11 +256,14 @@ class Platform:
     tokens: dict[str, str]
 
 
-@pytest.fixture(scope="session")
-def platform_hub(orthanc: OrthancServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    folder = tmp_path_factory.mktemp("platform-hub")
+@contextmanager
+def running_platform(orthanc: OrthancServer, folder: Path, **platform: Any) -> Iterator[Platform]:
+    """The test studies in ``orthanc``, and a hub running the platform API with a user and token per role.
+
+    ``platform``: :class:`PlatformSettings` fields besides ``var_dir`` (e.g. ``dataset_rules_interval_s``).
+    """
     settings = Settings(
-        platform=PlatformSettings(var_dir=orthanc.settings.var_dir), pacs=orthanc.settings.pacs,
+        platform=PlatformSettings(var_dir=orthanc.settings.var_dir, **platform), pacs=orthanc.settings.pacs,
         tasks=TasksSettings(database_url=f"sqlite:///{folder / 'platform.db'}"),
         queue=QueueSettings(broker_url="memory://"), datasets=DATASETS,
         hub=HubSettings(port=free_port(), api_port=free_port(), proxy_api_port=free_port(),
@@ -266,7 +271,7 @@ def platform_hub(orthanc: OrthancServer, tmp_path_factory: pytest.TempPathFactor
     )
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
-    sync_datasets(engine, settings.datasets)
+    seed_datasets(engine, settings.datasets)
     engine.dispose()
     (folder / "dicom").mkdir()
     studies = load_studies(orthanc, settings.database_url, folder / "dicom")
@@ -279,6 +284,12 @@ def platform_hub(orthanc: OrthancServer, tmp_path_factory: pytest.TempPathFactor
         yield Platform(hub, orthanc, studies, settings, dict(hub.tokens))
     finally:
         hub.stop()
+
+
+@pytest.fixture(scope="session")
+def platform_hub(orthanc: OrthancServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    with running_platform(orthanc, tmp_path_factory.mktemp("platform-hub")) as platform:
+        yield platform
 
 
 # --- helpers of the platform API tests --------------------------------------------------------------

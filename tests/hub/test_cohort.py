@@ -20,7 +20,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from medimg_hub.access.datasets import ingest_assigner, sync_datasets
+from medimg_hub.access.datasets import ingest_assigner, seed_datasets
 from medimg_hub.cli.tasks import tasks as tasks_cli
 from medimg_hub.db import make_engine
 from medimg_hub.db.migrations import upgrade
@@ -72,7 +72,7 @@ def cohorts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cohorts]:
                         platform_api_port=free_port(), spawner="shared"))
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
-    sync_datasets(engine, settings.datasets)
+    seed_datasets(engine, settings.datasets)
     pacs = OrthancServer(settings)
     hub = PlatformHub(folder, settings, service_port=settings.hub.platform_api_port)
     try:

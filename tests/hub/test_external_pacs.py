@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from medimg_hub.access.datasets import sync_datasets
+from medimg_hub.access.datasets import seed_datasets
 from medimg_hub.db import make_engine
 from medimg_hub.db.migrations import upgrade
 from medimg_hub.pacs.connection import pacs_connection
@@ -71,7 +71,7 @@ def hospital(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hospital]:
                         platform_api_port=free_port(), spawner="shared"))
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
-    sync_datasets(engine, settings.datasets)
+    seed_datasets(engine, settings.datasets)
     engine.dispose()
     hub = PlatformHub(folder, settings, service_port=settings.hub.platform_api_port)
     try:

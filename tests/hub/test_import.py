@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from pydicom.fileset import FileSet
 
-from medimg_hub.access.datasets import DatasetDirectory, sync_datasets
+from medimg_hub.access.datasets import DatasetDirectory, seed_datasets
 from medimg_hub.cli.intake import import_command
 from medimg_hub.db import make_engine
 from medimg_hub.db.migrations import upgrade
@@ -101,7 +101,7 @@ def test_medimg_import_puts_studies_in_the_dataset_and_lists_what_it_skipped(ort
                         datasets=(DatasetSettings("trial-7", "a collaborator's trial", None),))
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
-    sync_datasets(engine, settings.datasets)
+    seed_datasets(engine, settings.datasets)
     folder, files, zipped = _messy_folder(tmp_path, seed=47)
     runner = CliRunner()
 

@@ -240,7 +240,7 @@ def test_moving_the_clinical_alias_is_an_approval(hub: Hub, admin_token: str) ->
 @pytest.fixture(scope="module")
 def job_runs(hub: Hub, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
     """One pipeline job's run per dataset (site-a, site-c), logged hub side as a worker logs them."""
-    from medimg_hub.access.datasets import sync_datasets
+    from medimg_hub.access.datasets import seed_datasets
     from medimg_hub.db.migrations import upgrade
     from medimg_hub.pipeline.tracking import log_job_run
     from medimg_hub.tracking.accounts import AdminApi
@@ -248,7 +248,7 @@ def job_runs(hub: Hub, tmp_path_factory: pytest.TempPathFactory) -> dict[str, di
 
     settings = hub.settings
     upgrade(settings.database_url)
-    sync_datasets(make_engine(settings.database_url), settings.datasets)
+    seed_datasets(make_engine(settings.database_url), settings.datasets)
     api = AdminApi(settings.mlflow_tracking_uri, credentials(settings))
     folder = tmp_path_factory.mktemp("executed")
     runs: dict[str, dict[str, str]] = {}

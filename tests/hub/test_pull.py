@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from pydicom.uid import generate_uid
 
-from medimg_hub.access.datasets import DatasetDirectory, sync_datasets
+from medimg_hub.access.datasets import DatasetDirectory, seed_datasets
 from medimg_hub.cli.intake import pacs_group
 from medimg_hub.db import make_engine
 from medimg_hub.db.migrations import upgrade
@@ -60,7 +60,7 @@ def pull(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pull]:
     settings = _settings(folder, hospital)
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
-    sync_datasets(engine, settings.datasets)
+    seed_datasets(engine, settings.datasets)
     engine.dispose()
     research = OrthancServer(settings)
     hospital.start()

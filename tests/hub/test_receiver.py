@@ -19,7 +19,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import BasicTextSRStorage, CTImageStorage  # type: ignore[attr-defined]
 
 from medimg_hub.access.audit import AuditLog
-from medimg_hub.access.datasets import DatasetDirectory, sync_datasets
+from medimg_hub.access.datasets import DatasetDirectory, seed_datasets
 from medimg_hub.cli.intake import datasets_group
 from medimg_hub.db import make_engine
 from medimg_hub.db.migrations import upgrade
@@ -68,7 +68,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     settings = _settings(folder, free_port(), free_port())
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
-    sync_datasets(engine, settings.datasets)
+    seed_datasets(engine, settings.datasets)
     pacs = OrthancServer(settings)
     pacs.start()
     receiver = Receiver(settings, pacs.client())
@@ -178,7 +178,7 @@ def test_nothing_is_lost_while_the_pacs_is_down(site, tmp_path):
     down = DICOMwebHTTPClient(f"http://127.0.0.1:{free_port()}/dicom-web")
     settings = _settings(tmp_path, free_port(), site.settings.pacs.http_port)
     upgrade(settings.database_url)
-    sync_datasets(make_engine(settings.database_url), settings.datasets)
+    seed_datasets(make_engine(settings.database_url), settings.datasets)
     first = Receiver(settings, down)
     first.start()
     series = small_ct_series(seed=75)

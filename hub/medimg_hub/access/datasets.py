@@ -1,7 +1,8 @@
 """Datasets, their studies and their grants in the platform database (DESIGN.md §4).
 
-The operator's ``[[datasets]]`` settings are the source of the grants: :func:`sync_datasets`
-makes the database equal to them (idempotently) when the platform API starts. Studies join
+Datasets, memberships and grants are administered in the database (:mod:`medimg_hub.datasets`);
+the operator's ``[[datasets]]`` settings seed the ones the database lacks (:func:`seed_datasets`,
+when the platform API starts). Studies join
 a dataset by their InstitutionName when they are loaded (:func:`assign_study`, called by
 :func:`medimg_hub.pacs.ingest.ingest_files` through its ``assign`` callback) or when stored through
 the gateway. :class:`DatasetDirectory` is the gateway's cached view of all this.
@@ -29,25 +30,29 @@ Rights = dict[str, set[str]]
 
 
 @dataclass(frozen=True)
-class SyncReport:
-    """What :func:`sync_datasets` changed."""
+class SeedReport:
+    """What :func:`seed_datasets` did."""
 
     datasets_added: tuple[str, ...]
     grants_added: int
-    grants_removed: int
+    #: Datasets of the settings that exist in the database with other grants or another
+    #: description or institution: the database wins (they are administered there).
+    differing: tuple[str, ...] = ()
 
 
 def _grants_of(dataset: DatasetSettings) -> set[tuple[str, str, str]]:
     pairs = ((Right.READ, dataset.read), (Right.WRITE, dataset.write), (Right.REVIEW, dataset.review),
-             (Right.FINALISE, dataset.finalise))
+             (Right.FINALISE, dataset.finalise), (Right.EXPORT, dataset.export))
     return {(dataset.name, group, right.value) for right, groups in pairs for group in groups}
 
 
-def sync_datasets(bind: Engine | Session, datasets: Sequence[DatasetSettings]) -> SyncReport:
-    """Make the database's datasets and grants equal to the settings.
+def seed_datasets(bind: Engine | Session, datasets: Sequence[DatasetSettings]) -> SeedReport:
+    """Create the ``[[datasets]]`` of the settings that the database lacks, with their grants.
 
-    Datasets missing from the settings keep their rows and studies (memberships are data)
-    but lose every grant, so nobody reaches them until they are configured again.
+    Datasets are administered in the database (:mod:`medimg_hub.datasets`: the platform API, the
+    admin page, ``medimg datasets``); the settings file only seeds them. A dataset that exists
+    already keeps its grants, description and institution even where the settings differ (a
+    warning names it), and datasets absent from the settings stay as they are.
 
     Parameters
     ----------
@@ -59,29 +64,33 @@ def sync_datasets(bind: Engine | Session, datasets: Sequence[DatasetSettings]) -
     """
     if isinstance(bind, Engine):
         with Session(bind) as session, session.begin():
-            return sync_datasets(session, datasets)
+            return seed_datasets(session, datasets)
     session = bind
     existing = {d.name: d for d in session.scalars(select(Dataset))}
-    added = []
+    have = {(g.dataset, g.group_name, g.right) for g in session.scalars(select(Grant))}
+    added, differing, grants = [], [], 0
     for item in datasets:
         row = existing.get(item.name)
-        if row is None:
-            session.add(Dataset(name=item.name, description=item.description, institution=item.institution or None))
-            added.append(item.name)
-        else:
-            row.description, row.institution = item.description, item.institution or None
+        if row is not None:
+            mine = {g for g in have if g[0] == item.name}
+            if mine != _grants_of(item) or (row.description, row.institution) != (item.description,
+                                                                                 item.institution or None):
+                differing.append(item.name)
+            continue
+        session.add(Dataset(name=item.name, description=item.description, institution=item.institution or None))
+        session.flush()
+        for dataset, group, right in sorted(_grants_of(item)):
+            session.add(Grant(dataset=dataset, group_name=group, right=right))
+            grants += 1
+        added.append(item.name)
     session.flush()
-    wanted = set().union(*(_grants_of(d) for d in datasets)) if datasets else set()
-    have = {(g.dataset, g.group_name, g.right): g for g in session.scalars(select(Grant))}
-    for key in set(have) - wanted:
-        session.delete(have[key])
-    for dataset, group, right in sorted(wanted - set(have)):
-        session.add(Grant(dataset=dataset, group_name=group, right=right))
-    session.flush()
-    report = SyncReport(tuple(added), len(wanted - set(have)), len(set(have) - wanted))
-    log.info("datasets synchronised: %d added, %d grants added, %d removed",
-             len(added), report.grants_added, report.grants_removed)
-    return report
+    if added:
+        log.info("datasets seeded from the settings: %s (%d grants)", ", ".join(added), grants)
+    if differing:
+        log.warning("[[datasets]] %s of the settings differ from the database, which is used (datasets are "
+                    "administered with `medimg datasets` or the admin page; the settings only seed them)",
+                    ", ".join(differing))
+    return SeedReport(tuple(added), grants, tuple(differing))
 
 
 def assign_study(session: Session, study_instance_uid: str, institution: str | None, *,
@@ -239,6 +248,13 @@ class DatasetDirectory:
             self._studies.clear()
             self._dataset_of.pop(study_instance_uid, None)
         return result
+
+    def forget(self) -> None:
+        """Drop every cached answer (after datasets, memberships or grants changed in this process)."""
+        with self._lock:
+            self._rights.clear()
+            self._studies.clear()
+            self._dataset_of.clear()
 
     def remove_unknown(self, study_uids: Iterable[str]) -> None:
         """Forget memberships (used when a store failed before the study existed)."""

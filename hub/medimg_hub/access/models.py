@@ -10,7 +10,9 @@ Tables
 ``dataset_studies``
     Membership, keyed by StudyInstanceUID (unique: a study is in at most one dataset).
 ``dataset_grants``
-    (dataset, hub group, right) with right in ``read | write | review | finalise``.
+    (dataset, hub group, right) with right in ``read | write | review | finalise | export``.
+``dataset_rules``
+    Saved queries whose matching studies belong to a dataset (revision 0004).
 ``audit_events``
     Append-only: one row per access, allowed or denied. UIDs only, never patient
     attributes or pixel data. Triggers (revision 0002) refuse UPDATE and DELETE.
@@ -42,6 +44,8 @@ class Right(StrEnum):
     WRITE = "write"
     REVIEW = "review"
     FINALISE = "finalise"
+    #: Take the dataset's studies out of the platform (de-identified export).
+    EXPORT = "export"
 
 
 class Outcome(StrEnum):
@@ -89,6 +93,19 @@ class Grant(Base):
     dataset: Mapped[str] = mapped_column(ForeignKey("datasets.name", ondelete="CASCADE"), index=True)
     group_name: Mapped[str] = mapped_column(String(128), index=True)
     right: Mapped[str] = mapped_column(String(16))
+
+
+class DatasetRule(Base):
+    """A saved query: studies of the PACS that match it belong to the dataset."""
+
+    __tablename__ = "dataset_rules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataset: Mapped[str] = mapped_column(ForeignKey("datasets.name", ondelete="CASCADE"), index=True)
+    #: QIDO-RS filters, ``{attribute keyword: value}`` (wildcards, ranges as in QIDO-RS).
+    query: Mapped[dict[str, str]] = mapped_column(JSON)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class AuditEvent(Base):

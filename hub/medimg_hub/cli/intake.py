@@ -1,5 +1,5 @@
 """How images come in from the command line: ``medimg import`` (files, folders, zip archives, DICOMDIRs),
-``medimg receiver`` (the DICOM C-STORE receiver, in this process) and ``medimg datasets`` (what is where)."""
+``medimg receiver`` (the DICOM C-STORE receiver, in this process) (``medimg datasets`` is :mod:`medimg_hub.cli.datasets`)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ import click
 from medimg_hub.settings import Settings
 
 
-def _platform_engine(settings: Settings) -> Any:
+def platform_engine(settings: Settings) -> Any:
     """The platform database, migrated to the newest schema and with the ``[[datasets]]`` of the
     settings file, as ``medimg up`` leaves it: these commands work before the platform ever ran."""
-    from medimg_hub.access.datasets import sync_datasets
+    from medimg_hub.access.datasets import seed_datasets
     from medimg_hub.db import make_engine
     from medimg_hub.db.migrations import upgrade
 
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
-    sync_datasets(engine, settings.datasets)
+    seed_datasets(engine, settings.datasets)
     return engine
 
 
@@ -69,7 +69,7 @@ def import_command(settings: Settings, paths: tuple[str, ...], dataset: str | No
     from medimg_hub.access.models import Dataset, DatasetStudy
     from medimg_hub.pacs.connection import pacs_connection
 
-    engine = _platform_engine(settings)
+    engine = platform_engine(settings)
     sessions = sessionmaker(engine)
     unassigned: list[str] = []
     if dataset is not None:
@@ -127,55 +127,6 @@ def receiver_command(settings: Settings) -> None:
     run_receiver(settings)
 
 
-@click.group("datasets")
-def datasets_group() -> None:
-    """Datasets and the studies in them."""
-
-
-@datasets_group.command("list")
-@click.pass_obj
-def datasets_list(settings: Settings) -> None:
-    """Every dataset with its number of studies."""
-    from sqlalchemy import func, select
-    from sqlalchemy.orm import Session
-
-    from medimg_hub.access.models import Dataset, DatasetStudy
-
-    engine = _platform_engine(settings)
-    with Session(engine) as session:
-        counts = dict(session.execute(select(DatasetStudy.dataset, func.count()).group_by(DatasetStudy.dataset)).all())
-        for name, description in session.execute(select(Dataset.name, Dataset.description).order_by(Dataset.name)):
-            click.echo(f"{name:<20} {counts.get(name, 0):>6} studies  {description or ''}")
-    engine.dispose()
-
-
-@datasets_group.command("unassigned")
-@click.pass_obj
-def datasets_unassigned(settings: Settings) -> None:
-    """Studies in the PACS that are in no dataset (nobody but admins sees them); exits 1 if there are any."""
-    from sqlalchemy import select
-    from sqlalchemy.orm import Session
-
-    from medimg_kernel.dicom_json import first_value
-
-    from medimg_hub.access.models import DatasetStudy
-    from medimg_hub.pacs.connection import pacs_connection
-
-    engine = _platform_engine(settings)
-    with Session(engine) as session:
-        assigned = set(session.scalars(select(DatasetStudy.study_instance_uid)))
-    engine.dispose()
-    fields = ["00080020", "00080061", "00201208"]
-    found = [item for item in pacs_connection(settings).client().search_for_studies(fields=fields)
-             if first_value(item, "0020000D", None) not in assigned]
-    for item in found:
-        click.echo(f"{first_value(item, '0020000D')}  date {first_value(item, '00080020', '-')}  "
-                   f"{first_value(item, '00080061', '-')}  {first_value(item, '00201208', '?')} instances")
-    click.echo(f"{len(found)} studies in no dataset")
-    if found:
-        sys.exit(1)
-
-
 @click.group("pacs")
 def pacs_group() -> None:
     """Other PACS ([[remotes]]): pull studies from them into a dataset."""
@@ -195,7 +146,7 @@ def pacs_pull(settings: Settings, remote: str | None, queries: tuple[str, ...], 
     """Pull a cohort from a remote PACS into a dataset; a resumable job (exit 1 if a study failed)."""
     from tqdm import tqdm
 
-    from medimg_hub.cli.tasks import _pairs
+    from medimg_hub.cli.tasks import parse_pairs
     from medimg_hub.pacs.connection import pacs_connection, remote_connection
     from medimg_hub.pacs.pull import load_job, new_job, run_pull, save_job
 
@@ -204,7 +155,7 @@ def pacs_pull(settings: Settings, remote: str | None, queries: tuple[str, ...], 
     else:
         if not remote or not dataset or not queries:
             raise click.UsageError("give --from, --dataset and at least one --query (or --resume JOB)")
-        job = new_job(remote, _pairs(queries, "--query"), dataset, deidentify)
+        job = new_job(remote, parse_pairs(queries, "--query"), dataset, deidentify)
     source = remote_connection(settings, job.remote).client()
     target = pacs_connection(settings).client()
     click.echo(f"pull {job.id}: from {job.remote} into {job.dataset}"

@@ -20,7 +20,8 @@ from medimg_kernel.errors import MedImgError
 
 from medimg_hub.cli import federation as cli_federation
 from medimg_hub.cli import tasks as cli_tasks
-from medimg_hub.cli.intake import datasets_group, import_command, pacs_group, receiver_command
+from medimg_hub.cli.datasets import datasets_group
+from medimg_hub.cli.intake import import_command, pacs_group, receiver_command
 from medimg_hub.cli.users import users
 from medimg_hub.pacs.connection import PacsConnection
 from medimg_hub.pacs.orthanc import OrthancServer
@@ -126,11 +127,11 @@ def _load_demo(settings: Settings, pacs: PacsConnection) -> None:
             out_dir, n_sites=cfg.n_sites, studies_per_site=cfg.studies_per_site, seed=cfg.seed,
             progress=lambda n=1: bar.update(n),
         )
-    from medimg_hub.access.datasets import ingest_assigner, sync_datasets
+    from medimg_hub.access.datasets import ingest_assigner, seed_datasets
     from medimg_hub.db import make_engine
 
     engine = make_engine(settings.database_url)
-    sync_datasets(engine, settings.datasets)  # the demo sites are datasets granted to demo groups
+    seed_datasets(engine, settings.datasets)  # the demo sites are datasets granted to demo groups
     files = [out_dir / f for study in manifest.studies for f in study.files]
     with tqdm(total=len(files), desc="loading into the PACS", unit="instance", file=sys.stderr) as bar:
         report = ingest_files(pacs.client(), files, progress=bar.update, assign=ingest_assigner(engine))

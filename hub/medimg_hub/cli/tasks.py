@@ -12,7 +12,7 @@ import click
 from medimg_hub.settings import Settings
 
 
-def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
+def parse_pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
     out = {}
     for item in values:
         key, sep, value = item.partition("=")
@@ -80,7 +80,7 @@ def tasks_submit(settings: Settings, pipeline_id: str, studies: tuple[str, ...],
         client = pacs_connection(settings).client()
         uids = list(studies)
         if queries or all_studies:
-            query = _pairs(queries, "--query")
+            query = parse_pairs(queries, "--query")
             try:
                 found = find_studies(client, query)
             except QueryError as exc:
@@ -90,9 +90,9 @@ def tasks_submit(settings: Settings, pipeline_id: str, studies: tuple[str, ...],
                 raise click.ClickException(f"no study matches {shown}; nothing was queued. Values match exactly "
                                            "unless they hold * or ? (wildcards); dates take ranges (20200101-20201231)")
             uids += [u for u in found if u not in uids]
-        targets = resolve_targets(client, uids, _pairs(series_filters, "--series-filter"))
+        targets = resolve_targets(client, uids, parse_pairs(series_filters, "--series-filter"))
     with tqdm(total=max(len(targets), 1), desc=f"submitting {pipeline_id}", unit="run", file=sys.stderr) as bar:
-        created = service.submit(pipeline_id, _pairs(params, "--param"), owner=owner, targets=targets,
+        created = service.submit(pipeline_id, parse_pairs(params, "--param"), owner=owner, targets=targets,
                                  dataset=dataset, progress=bar.update)
     for task in created:
         click.echo(f"{task.id}  {task.status.value:<10} study {task.study_instance_uid or '-'}")

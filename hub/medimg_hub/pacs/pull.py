@@ -39,7 +39,7 @@ from medimg_kernel.dicom_json import first_value
 from medimg_kernel.dicomweb import DICOMwebProtocol
 from medimg_kernel.errors import ConfigurationError, DICOMwebError
 
-from medimg_hub.access.datasets import assign_study, sync_datasets
+from medimg_hub.access.datasets import assign_study, seed_datasets
 from medimg_hub.db import make_engine
 from medimg_hub.db.migrations import upgrade
 from medimg_hub.pacs.deidentify import NOT_EXPORTED
@@ -132,7 +132,7 @@ def run_pull(settings: Settings, job: PullJob, source: DICOMwebProtocol, target:
     options = deid_options(settings) if job.deidentify else None
     upgrade(settings.database_url)  # the pull may be the platform database's first use
     engine = make_engine(settings.database_url)
-    sync_datasets(engine, settings.datasets)
+    seed_datasets(engine, settings.datasets)
     sessions = sessionmaker(engine)
     try:
         for study, state in list(job.studies.items()):

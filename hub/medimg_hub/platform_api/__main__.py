@@ -6,11 +6,13 @@ Listens on ``JUPYTERHUB_SERVICE_URL`` when JupyterHub starts it, else on
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from urllib.parse import urlparse
 
 from medimg_hub.platform_api.app import build_context, make_app
+from medimg_hub.platform_api.base import PlatformContext
 from medimg_hub.servers.runner import run_service, stop_requested
 from medimg_hub.settings import load_settings
 
@@ -25,6 +27,24 @@ def _address(env: dict[str, str], default_port: int) -> tuple[str, int]:
     return "127.0.0.1", default_port
 
 
+def rule_loop(context: PlatformContext) -> asyncio.Task[None]:
+    """Apply the datasets' saved rules to unassigned studies every ``[platform] dataset_rules_interval_s``."""
+    interval = context.settings.platform.dataset_rules_interval_s
+
+    async def loop() -> None:
+        while interval > 0:
+            await asyncio.sleep(interval)
+            try:
+                joined = await context.run(context.datasets.apply_rules)
+            except Exception:  # noqa: BLE001 - a database or PACS hiccup: try again next time
+                log.warning("dataset rules could not be applied", exc_info=True)
+                continue
+            if joined:
+                log.info("dataset rules: %d arriving studies joined their datasets", joined)
+
+    return asyncio.ensure_future(loop())
+
+
 async def serve(config: str | None) -> None:
     """Build the service, listen, and run until SIGTERM or SIGINT."""
     settings = load_settings(config)
@@ -33,7 +53,9 @@ async def serve(config: str | None) -> None:
     host, port = _address(env, settings.hub.platform_api_port)
     server = make_app(context).listen(port, address=host, xheaders=False)
     log.info("platform API listening on %s:%d, prefix %s", host, port, context.prefix)
+    rules = rule_loop(context)
     await stop_requested()
+    rules.cancel()
     server.stop()
     await context.orthanc.close()
     context.audit_executor.shutdown(wait=True)  # every pending audit record written

@@ -7,15 +7,18 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
-from jupyterhub.services.auth import HubAuth
+from jupyterhub.services.auth import HubAuth, HubOAuth
 from tornado.web import Application
 
 from medimg_kernel.dicom_json import first_value
 
 from medimg_hub.access.audit import AuditLog
-from medimg_hub.access.datasets import DatasetDirectory, sync_datasets
+from medimg_hub.access.datasets import DatasetDirectory, seed_datasets
 from medimg_hub.access.identities import HubIdentities
 from medimg_hub.db import make_engine
+from medimg_hub.datasets import api as datasets_api
+from medimg_hub.datasets import page as datasets_page
+from medimg_hub.datasets.operations import DatasetOperations
 from medimg_hub.db.migrations import upgrade
 from medimg_hub.pacs.connection import PacsConnection, pacs_connection
 from medimg_hub.pipeline import api as pipeline_api
@@ -55,7 +58,7 @@ def build_context(settings: Settings, env: Mapping[str, str], *, migrate: bool =
     if migrate:
         upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
-    sync_datasets(engine, settings.datasets)
+    seed_datasets(engine, settings.datasets)
     prefix = env.get("JUPYTERHUB_SERVICE_PREFIX", DEFAULT_PREFIX)
     prefix = prefix if prefix.endswith("/") else prefix + "/"
     name = env.get("JUPYTERHUB_SERVICE_NAME", "platform")
@@ -72,7 +75,38 @@ def build_context(settings: Settings, env: Mapping[str, str], *, migrate: bool =
         orthanc=Orthanc(pacs, executor),
         tasks=TaskAccess(service, directory, engine, _series_lookup(pacs)),
         review=ReviewAccess(service, directory, engine, settings.review), executor=executor,
+        page_auth=_page_auth(env, hub_auth, prefix),
+        datasets=DatasetOperations(settings, engine, group_exists=_hub_group_lookup(hub_auth),
+                                   on_change=directory.forget),
     )
+
+
+def _page_auth(env: Mapping[str, str], hub_auth: HubAuth, prefix: str) -> HubOAuth:
+    """The hub's OAuth client of this service (JupyterHub's environment for a managed service)."""
+    return HubOAuth(api_token=hub_auth.api_token, api_url=hub_auth.api_url, base_url=prefix,
+                    oauth_client_id=env.get("JUPYTERHUB_CLIENT_ID", "service-platform"),
+                    oauth_redirect_uri=env.get("JUPYTERHUB_OAUTH_CALLBACK_URL", prefix + "oauth_callback"),
+                    hub_prefix=env.get("JUPYTERHUB_BASE_URL", "/").rstrip("/") + "/hub/",
+                    access_scopes=set(hub_auth.access_scopes), cache_max_age=60)
+
+
+def _hub_group_lookup(hub_auth: HubAuth) -> Callable[[str], bool]:
+    """Whether the hub has a group, asked of its REST API with the service's token (``read:groups:name``)."""
+    session = requests.Session()
+    session.headers["Authorization"] = f"token {hub_auth.api_token}"
+
+    def group_exists(name: str) -> bool:
+        from urllib.parse import quote
+
+        try:
+            answer = session.get(f"{hub_auth.api_url}/groups/{quote(name, safe='')}", timeout=10)
+        except requests.RequestException as exc:
+            from medimg_hub.datasets.administration import DatasetAdminError
+
+            raise DatasetAdminError(f"the hub did not answer whether group {name!r} exists: {type(exc).__name__}") from exc
+        return answer.status_code == 200
+
+    return group_exists
 
 
 def _series_lookup(pacs: PacsConnection) -> Callable[[str], str | None]:
@@ -95,10 +129,12 @@ def _series_lookup(pacs: PacsConnection) -> Callable[[str], str | None]:
 def make_app(context: PlatformContext) -> Application:
     """The tornado application: every module's ``default_handlers`` under the service prefix."""
     routes = [(r"health/?", HealthHandler)]
-    for module in (gateway, pipeline_api, review_api, admin):
+    for module in (gateway, pipeline_api, review_api, admin, datasets_api):
         routes += module.default_handlers
     handlers = [(context.prefix + pattern, handler, {"context": context}) for pattern, handler in routes]
-    return Application(handlers, xsrf_cookies=False, log_function=_log_request)
+    handlers += datasets_page.handlers(context)
+    return Application(handlers, xsrf_cookies=False, log_function=_log_request,
+                       cookie_secret=datasets_page.cookie_secret())
 
 
 def _log_request(handler: object) -> None:

@@ -53,6 +53,10 @@ class PlatformContext:
     tasks: Any  # TaskAccess (medimg_hub.pipeline.access), typed loosely to keep this module free of the task service
     review: Any  # ReviewAccess (medimg_hub.review.access), likewise
     executor: ThreadPoolExecutor
+    #: DatasetOperations (medimg_hub.datasets.operations), typed loosely like ``tasks``.
+    datasets: Any = None
+    #: The hub's OAuth for the service's browser pages (the datasets admin page).
+    page_auth: Any = None
     audit_executor: Executor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="audit"))
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:

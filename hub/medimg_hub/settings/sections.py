@@ -40,6 +40,9 @@ class PlatformSettings:
     bind_host: str = "127.0.0.1"
     #: Seconds to wait for a service to answer after it was started.
     start_timeout_s: float = 30.0
+    #: Seconds between two applications of the datasets' saved query rules to studies that are in
+    #: no dataset yet (arrivals join their rule's dataset within this time); 0: never.
+    dataset_rules_interval_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -232,6 +235,8 @@ class DatasetSettings:
     write: tuple[str, ...] = ()
     review: tuple[str, ...] = ()
     finalise: tuple[str, ...] = ()
+    #: Hub groups that may export the dataset's studies (de-identified) out of the platform.
+    export: tuple[str, ...] = ()
     #: Accept only image objects from the DICOM receiver (``[receiver]``): a structured report,
     #: presentation state or other non-image object routed here is refused with its SOP class named.
     images_only: bool = False

@@ -272,6 +272,28 @@ class MlflowAccounts:
         return username, password
 
 
+
+
+def rename_dataset_experiments(api: AdminApi, old: str, new: str) -> int:
+    """After dataset ``old`` was renamed ``new``: its experiments' :data:`DATASET_TAG` and names
+    (``pipeline/<pipeline>/<old>``) follow, so grantees of ``new`` read its earlier runs and new
+    jobs log next to them. Returns the number of experiments changed."""
+    changed = 0
+    for experiment_id, datasets in api.dataset_experiments().items():
+        if old not in datasets:
+            continue
+        value = ",".join(sorted((datasets - {old}) | {new}))
+        api.call("POST", f"{_REST}/experiments/set-experiment-tag", json={
+            "experiment_id": experiment_id, "key": DATASET_TAG, "value": value})
+        name = api.call("GET", f"{_REST}/experiments/get", params={"experiment_id": experiment_id})["experiment"]["name"]
+        if name.startswith(RESERVED_EXPERIMENT_PREFIXES) and name.endswith(f"/{old}"):
+            api.call("POST", f"{_REST}/experiments/update", json={
+                "experiment_id": experiment_id, "new_name": name[: -len(old)] + new})
+        changed += 1
+    return changed
+
+
 __all__ = ["DATASET_TAG", "RESERVED_TAG_PREFIX", "RESERVED_EXPERIMENT_PREFIXES", "AdminApi", "MlflowAccounts",
-           "TrackingAccessError", "confine_experiment", "dataset_experiment", "datasets_of", "reserved_experiment_name",
+           "TrackingAccessError", "confine_experiment", "dataset_experiment", "datasets_of", "rename_dataset_experiments",
+           "reserved_experiment_name",
            "user_password"]

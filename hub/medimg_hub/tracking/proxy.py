@@ -52,7 +52,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
-from urllib.parse import parse_qs, urlparse, urlsplit
+from urllib.parse import parse_qs, urlparse
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated, UserNotAllowed
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
@@ -63,6 +63,7 @@ from tornado.web import Application, Finish, RedirectHandler, RequestHandler, st
 from medimg_hub.access.audit import AuditLog, AuditRecord
 from medimg_hub.access.identities import AuthFailure, HubIdentities
 from medimg_hub.access.models import Outcome
+from medimg_hub.access.origin import is_navigation, same_origin
 from medimg_hub.hubconf.roles import ALIAS_APPROVERS, MLFLOW_ACCESS, MLFLOW_GROUPS
 from medimg_hub.servers.runner import run_service, stop_requested
 from medimg_hub.tracking.accounts import (RESERVED_TAG_PREFIX, AdminApi, MlflowAccounts, TrackingAccessError,
@@ -155,29 +156,6 @@ class ProxyRefused(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
-
-
-def same_origin(headers: HTTPHeaders, host: str) -> bool:
-    """Whether the browser says the request comes from the page's own origin.
-
-    ``Sec-Fetch-Site`` (set by the browser, not by scripts) decides when present; otherwise an
-    ``Origin`` header whose host and port equal the request's ``Host``.
-    """
-    site = headers.get("Sec-Fetch-Site")
-    if site is not None:
-        return site == "same-origin"
-    origin = headers.get("Origin")
-    return origin is not None and urlsplit(origin).netloc == host
-
-
-def is_navigation(method: str, headers: HTTPHeaders) -> bool:
-    """A browser loading a page (redirected to the login) rather than a script (answered 403)."""
-    if method not in ("GET", "HEAD"):
-        return False
-    mode = headers.get("Sec-Fetch-Mode")
-    if mode is not None:
-        return mode == "navigate"
-    return "text/html" in headers.get("Accept", "")
 
 
 @stream_request_body
