@@ -21,7 +21,8 @@ def _medimg(*args: str, config: Path | None = None) -> subprocess.CompletedProce
 
 
 NESTED = [("tasks", "submit"), ("tasks", "list"), ("tasks", "show"), ("tasks", "cancel"), ("tasks", "decide"),
-          ("pipelines", "list"), ("fl", "up"), ("fl", "run"), ("fl", "down")]
+          ("pipelines", "list"), ("fl", "up"), ("fl", "run"), ("fl", "down"), ("datasets", "create"),
+          ("datasets", "grant"), ("datasets", "rule", "add"), ("datasets", "rename")]
 
 
 @pytest.mark.parametrize("sub", [None, *SUBCOMMANDS, *NESTED])
@@ -66,3 +67,31 @@ def test_bad_settings_give_one_clear_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().startswith("error: unknown key(s) ['http_prot'] in [pacs]")
     assert "Traceback" not in result.stderr
+
+
+def test_datasets_administered_from_the_command_line(tmp_path):
+    """Before the hub ever ran and after: every change or its refusal in one line, nothing half-done."""
+    config = tmp_path / "medimg.toml"
+    config.write_text('[platform]\nvar_dir = "var"\n')
+    created = _medimg("datasets", "create", "lesions", "--description", "Liver lesions", config=config)
+    assert created.returncode == 0 and "dataset lesions created" in created.stdout, created.stderr
+    assert _medimg("datasets", "create", "lesions", config=config).stderr.strip() == \
+        "error: a dataset named 'lesions' exists already"
+    early = _medimg("datasets", "grant", "lesions", "oncology", "read", config=config)
+    assert early.returncode == 1 and "the hub has not run yet" in early.stderr
+    from jupyterhub import orm
+
+    from medimg_hub.hubconf.state import HubState
+    from medimg_hub.settings import load_settings
+
+    session = orm.new_session_factory(HubState.for_settings(load_settings(str(config))).db_url)()
+    session.add(orm.Group(name="oncology"))
+    session.commit()
+    session.close()
+    assert _medimg("datasets", "grant", "lesions", "oncology", "read", config=config).returncode == 0
+    typo = _medimg("datasets", "grant", "lesions", "oncolgy", "read", config=config)
+    assert typo.returncode == 1 and "no group named 'oncolgy'" in typo.stderr and "Traceback" not in typo.stderr
+    assert _medimg("datasets", "rename", "lesions", "liver-lesions", config=config).returncode == 0
+    listed = _medimg("datasets", "list", config=config).stdout
+    assert "liver-lesions" in listed and "read: oncology" in listed and "\nlesions " not in listed
+    assert "site-a" in listed  # the settings' demo datasets were seeded

@@ -20,10 +20,15 @@ def _operations(settings: Settings) -> Any:
     from medimg_hub.datasets.operations import DatasetOperations
     from medimg_hub.hubconf.state import HubState
 
-    hub_db = HubState.for_settings(settings).db_url
+    from medimg_hub.datasets.administration import DatasetAdminError
+
+    state = HubState.for_settings(settings)
 
     def group_exists(name: str) -> bool:
-        session = orm.new_session_factory(hub_db)()
+        if not (state.hub_dir / "jupyterhub.sqlite").exists():
+            raise DatasetAdminError(f"the hub has not run yet (no {state.hub_dir / 'jupyterhub.sqlite'}), so it has no "
+                                    "groups: start it with `medimg up` and create the group first")
+        session = orm.new_session_factory(state.db_url)()
         try:
             return orm.Group.find(session, name) is not None
         finally:
