@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 
 from medimg_hub.hubconf import GpuPool, HubState, hub_roles
+from medimg_hub.hubconf.gpu import pool_devices
 from medimg_hub.hubconf.auth import authenticator_config
-from medimg_hub.hubconf.roles import MLFLOW_SERVICE, PLATFORM_SERVICE, ROLE_GROUPS
+from medimg_hub.hubconf.roles import IDLE_CULLER_SERVICE, MLFLOW_SERVICE, PLATFORM_SERVICE, ROLE_GROUPS
 from medimg_hub.hubconf.routes import kernel_environment
 from medimg_hub.hubconf.state import proxy_command
 from medimg_hub.hubconf.users import secure_state_dir
@@ -80,9 +81,10 @@ if hub.authenticator == "local":
 # provider (oidc, ldap) are managed by the authenticator instead.
 # ---------------------------------------------------------------------------------------------
 PLATFORM_API = importlib.util.find_spec("medimg_hub.platform_api") is not None
-c.JupyterHub.load_roles = hub_roles(platform_service=PLATFORM_API, mlflow_service=True)
+IDLE_CULLER = hub.idle_timeout_s > 0
+c.JupyterHub.load_roles = hub_roles(platform_service=PLATFORM_API, mlflow_service=True, idle_culler=IDLE_CULLER)
 if hub.authenticator == "local":
-    dataset_groups = {g for d in settings.datasets for g in (*d.read, *d.write, *d.review, *d.finalise)}
+    dataset_groups = {g for d in settings.datasets for g in (*d.read, *d.write, *d.review, *d.finalise, *d.export)}
     c.JupyterHub.load_groups = {name: {} for name in sorted({*ROLE_GROUPS, *dataset_groups})}
 
 # ---------------------------------------------------------------------------------------------
@@ -101,7 +103,7 @@ else:
                 "Development and tests only.")
     c.JupyterHub.spawner_class = "medimg_hub.hubconf.spawner.SharedSpawner"
     c.SharedSpawner.homes_dir = str(settings.resolve(hub.homes_dir))
-c.ProfileSpawnerMixin.gpu_pool = GpuPool(hub.gpu_devices)
+c.ProfileSpawnerMixin.gpu_pool = GpuPool(pool_devices(hub.gpu_devices))
 # Users' servers (and so their kernels) run .venv-users' Python: Debian's python3.11 over .venv's
 # packages *without* the project's editable install, plus the repository root: medimg_kernel and
 # medimg_voila are importable there, medimg_hub (hub/) is not. scripts/bootstrap.sh builds it.
@@ -150,6 +152,14 @@ if PLATFORM_API:
 else:
     log.warning("medimg_hub.platform_api is not installed: no platform service at /services/%s/",
                 PLATFORM_SERVICE)
+if IDLE_CULLER:
+    # jupyterhub-idle-culler: stops servers idle longer than [hub] idle_timeout_s (their GPU goes back
+    # to the pool when the spawner stops), checking every tenth of that (at least 5 s, at most 5 min)
+    c.JupyterHub.services += [{
+        "name": IDLE_CULLER_SERVICE,
+        "command": [sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={int(hub.idle_timeout_s)}",
+                    f"--cull-every={int(min(300, max(5, hub.idle_timeout_s / 10)))}"],
+    }]
 
 # ---------------------------------------------------------------------------------------------
 # Security: no embedding in other sites' frames, no user-supplied server config, secure cookies

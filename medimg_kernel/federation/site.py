@@ -31,7 +31,7 @@ from ..client import connect
 from ..datasets import TrainingPair, load_training_pairs, split_holdout
 from ..dicomweb import DICOMwebProtocol
 from ..errors import ConfigurationError, MedImgError
-from ..model import SegmentationModelConfig
+from ..model import SegmentationModelConfig, select_device
 from ..training import model_grid_items, train_epochs, validate
 
 logger = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ def local_train(network: torch.nn.Module, data: SiteData, config: SegmentationMo
     start = time.perf_counter()
     try:
         history = train_epochs(network, data.train, config, epochs=epochs, batch_size=batch_size, lr=lr,
-                               device="cpu", seed=seed, proximal_mu=proximal_mu, constant_lr=True,
+                               device=select_device(), seed=seed, proximal_mu=proximal_mu, constant_lr=True,
                                items=_ITEMS[key])
     finally:
         torch.set_num_threads(previous)
@@ -225,7 +225,7 @@ def local_evaluate(network: torch.nn.Module, data: SiteData, config: Segmentatio
     if not pairs:
         data.require_train()
     start = time.perf_counter()
-    scores = validate(network, pairs, config, torch.device("cpu"))
+    scores = validate(network, pairs, config, select_device())
     return {"num-examples": float(len(pairs)), "dice": float(np.mean(list(scores.values()))),
             **{f"dice-{name}": value for name, value in scores.items()},
             "holdout-is-train": float(not data.holdout), "time-s": time.perf_counter() - start}

@@ -116,9 +116,12 @@ class HubBrowser(requests.Session):
         return "/hub/login" not in response.url
 
     def spawn_form(self, username: str, profile: str, timeout_s: float = 60.0) -> requests.Response:
-        """Submit the spawn form, wait for the server, and follow the OAuth dance to the landing page."""
-        response = self.post(f"{self.hub.url}/hub/spawn/{username}", timeout=30,
-                             data={"profile": profile, "_xsrf": self.xsrf()})
+        """Submit the spawn form (a user with one profile gets none: opening the spawn page starts it),
+        wait for the server, and follow the OAuth dance to the landing page."""
+        response = self.get(f"{self.hub.url}/hub/spawn/{username}", timeout=30)
+        if 'name="profile"' in response.text:
+            response = self.post(f"{self.hub.url}/hub/spawn/{username}", timeout=30,
+                                 data={"profile": profile, "_xsrf": self.xsrf()})
         deadline = time.monotonic() + timeout_s
         while "spawn-pending" in response.url and time.monotonic() < deadline:
             time.sleep(0.5)

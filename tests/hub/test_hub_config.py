@@ -106,6 +106,11 @@ def test_mlflow_is_for_engineers_directors_and_admins_only():
 
 def test_profiles_follow_groups():
     assert [p.slug for p in profiles_for_groups(["engineers", "site-a"])] == ["engineer-gpu", "engineer-cpu"]
+    # a machine that lends no GPU offers no GPU profile, and refuses it by name
+    assert [p.slug for p in profiles_for_groups(["engineers"], gpus=False)] == ["engineer-cpu"]
+    assert choose_profile(None, ["engineers"], "engineer1", gpus=False).slug == "engineer-cpu"
+    with pytest.raises(ProfileNotAllowedError, match="needs a GPU and this machine lends none"):
+        choose_profile("engineer-gpu", ["engineers"], "engineer1", gpus=False)
     assert [p.slug for p in profiles_for_groups(["residents"])] == ["clinician"]
     assert choose_profile(None, ["directors"], "d").slug == "director"
     with pytest.raises(ProfileNotAllowedError, match="not allowed for your groups"):
@@ -169,3 +174,20 @@ def test_login_throttle_survives_a_restart(tmp_path):
     after = throttle()  # a restarted hub
     assert after.check("eve", "addr:x") is not None and after.check("bob", "addr:x") is None
     assert oct((tmp_path / "attempts.sqlite").stat().st_mode & 0o777) == "0o600"
+
+
+def test_gpu_devices_auto_lists_what_nvidia_smi_lists(tmp_path: Path) -> None:
+    """``gpu_devices = ["auto"]``: the pool holds the GPUs nvidia-smi lists, none without it or when it fails."""
+    from medimg_hub.hubconf.gpu import detect_gpus, pool_devices
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\n[ \"$1\" = --query-gpu=index ] && printf '0\\n1\\n'\n")
+    fake.chmod(0o755)
+    assert detect_gpus(str(fake)) == ("0", "1")
+    broken = tmp_path / "broken-smi"
+    broken.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed: no driver' >&2\nexit 9\n")
+    broken.chmod(0o755)
+    assert detect_gpus(str(broken)) == ()
+    assert detect_gpus(str(tmp_path / "absent")) == ()
+    assert pool_devices(["2", "3"]) == ("2", "3") and pool_devices([]) == ()
+    assert HubSettings().gpu_devices == ("auto",)

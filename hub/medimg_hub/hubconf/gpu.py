@@ -80,3 +80,36 @@ class GpuPool:
         """Device id → owner, for the devices in use."""
         with self._lock:
             return dict(self._owner_of)
+
+
+#: ``[hub] gpu_devices`` value meaning "the GPUs nvidia-smi lists".
+AUTO = "auto"
+#: Seconds nvidia-smi may take to list the devices.
+NVIDIA_SMI_TIMEOUT_S = 20.0
+
+
+def detect_gpus(nvidia_smi: str = "nvidia-smi") -> tuple[str, ...]:
+    """CUDA device indices of this machine's NVIDIA GPUs, as ``nvidia-smi`` lists them; none when the
+    tool is missing or fails (no driver, no device): then the machine honestly lends no GPU."""
+    import shutil
+    import subprocess
+
+    if shutil.which(nvidia_smi) is None:
+        return ()
+    try:
+        listed = subprocess.run([nvidia_smi, "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
+                                text=True, timeout=NVIDIA_SMI_TIMEOUT_S, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("nvidia-smi did not list the GPUs (%s): lending none", type(exc).__name__)
+        return ()
+    if listed.returncode != 0:
+        log.warning("nvidia-smi failed (exit %d): lending no GPU: %s", listed.returncode, listed.stderr.strip()[:200])
+        return ()
+    return tuple(line.strip() for line in listed.stdout.splitlines() if line.strip().isdigit())
+
+
+def pool_devices(setting: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The devices of ``[hub] gpu_devices``: ``["auto"]`` = what :func:`detect_gpus` finds, else as listed."""
+    if list(setting) == [AUTO]:
+        return detect_gpus()
+    return tuple(setting)

@@ -63,14 +63,16 @@ class ProfileNotAllowedError(PermissionError):
     """The requested profile is unknown or not granted to the user's groups."""
 
 
-def profiles_for_groups(groups: Iterable[str], profiles: Iterable[Profile] = PROFILES) -> list[Profile]:
-    """The profiles a member of ``groups`` may start, in offering order."""
+def profiles_for_groups(groups: Iterable[str], profiles: Iterable[Profile] = PROFILES, *,
+                        gpus: bool = True) -> list[Profile]:
+    """The profiles a member of ``groups`` may start, in offering order; ``gpus=False`` (the machine
+    lends no GPU) leaves out the GPU profiles rather than offer a GPU that is not there."""
     member = set(groups)
-    return [p for p in profiles if member & set(p.groups)]
+    return [p for p in profiles if member & set(p.groups) and (gpus or not p.gpu)]
 
 
 def choose_profile(slug: str | None, groups: Iterable[str], username: str,
-                   profiles: Iterable[Profile] = PROFILES) -> Profile:
+                   profiles: Iterable[Profile] = PROFILES, *, gpus: bool = True) -> Profile:
     """The profile to start for a request, enforcing the user's groups.
 
     Parameters
@@ -88,7 +90,7 @@ def choose_profile(slug: str | None, groups: Iterable[str], username: str,
         If no profile fits the groups, or ``slug`` is unknown or not granted.
     """
     groups = sorted(groups)
-    allowed = profiles_for_groups(groups, profiles)
+    allowed = profiles_for_groups(groups, profiles, gpus=gpus)
     if not allowed:
         raise ProfileNotAllowedError(
             f"user {username!r} (groups {groups}) may start no server profile; an admin must add them "
@@ -100,7 +102,9 @@ def choose_profile(slug: str | None, groups: Iterable[str], username: str,
         if profile.slug == slug:
             return profile
     known = [p.slug for p in PROFILES]
-    reason = "is not a known profile" if slug not in known else "is not allowed for your groups"
+    reason = ("is not a known profile" if slug not in known else
+              "needs a GPU and this machine lends none" if not gpus and any(p.slug == slug and p.gpu for p in PROFILES)
+              else "is not allowed for your groups")
     raise ProfileNotAllowedError(
         f"profile {slug!r} {reason}; user {username!r} may start: {[p.slug for p in allowed]}"
     )

@@ -46,7 +46,14 @@ USER_SCOPES: tuple[str, ...] = (
 )
 
 
-def hub_roles(*, platform_service: bool, mlflow_service: bool = False) -> list[dict[str, Any]]:
+#: The idle culler (jupyterhub-idle-culler as a hub service): stops servers idle too long.
+IDLE_CULLER_SERVICE = "idle-culler"
+#: What the culler needs: see users' servers and their activity, stop them.
+IDLE_CULLER_SCOPES: tuple[str, ...] = ("list:users", "read:users:activity", "read:servers", "delete:servers")
+
+
+def hub_roles(*, platform_service: bool, mlflow_service: bool = False,
+              idle_culler: bool = False) -> list[dict[str, Any]]:
     """``c.JupyterHub.load_roles`` for the platform.
 
     Parameters
@@ -57,6 +64,8 @@ def hub_roles(*, platform_service: bool, mlflow_service: bool = False) -> list[d
     mlflow_service
         Whether the ``mlflow`` service (:mod:`medimg_hub.tracking.proxy`) is configured; the same
         rule applies to its scopes.
+    idle_culler
+        Whether the ``idle-culler`` service is configured (``[hub] idle_timeout_s`` > 0).
 
     Returns
     -------
@@ -91,4 +100,7 @@ def hub_roles(*, platform_service: bool, mlflow_service: bool = False) -> list[d
             {"name": "mlflow-service", "description": "The MLflow proxy: who is asking, and their groups.",
              "scopes": list(IDENTITY_SCOPES), "services": [MLFLOW_SERVICE]},
         ]
+    if idle_culler:
+        roles.append({"name": "idle-culler", "description": "Stop servers idle longer than [hub] idle_timeout_s.",
+                      "scopes": list(IDLE_CULLER_SCOPES), "services": [IDLE_CULLER_SERVICE]})
     return roles

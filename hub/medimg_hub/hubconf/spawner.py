@@ -35,10 +35,12 @@ log = logging.getLogger(__name__)
 
 def _render_form(spawner: ProfileSpawnerMixin) -> str:
     """``Spawner.options_form`` callable: the profiles allowed for this user."""
-    allowed = profiles_for_groups(spawner.user_groups())
+    allowed = profiles_for_groups(spawner.user_groups(), gpus=spawner.gpus_present())
     if not allowed:
         return ("<p>No server profile is granted to your groups. Ask an administrator to add you to "
                 "a role group (engineers, residents, attendings, directors).</p>")
+    if len(allowed) == 1:
+        return ""  # nothing to choose: the hub starts the one profile without a form
     return options_form_html(allowed, gpu_note=spawner.gpu_note())
 
 
@@ -83,6 +85,10 @@ class ProfileSpawnerMixin(Configurable):
         """The owner's hub group names."""
         return [group.name for group in self.user.groups]
 
+    def gpus_present(self) -> bool:
+        """Whether this machine lends GPUs (a pool with devices): GPU profiles are offered only then."""
+        return self.gpu_pool is not None and bool(self.gpu_pool.devices)
+
     def gpu_note(self) -> str:
         """A line for the form about the GPU pool's state."""
         pool = self.gpu_pool
@@ -120,7 +126,8 @@ class ProfileSpawnerMixin(Configurable):
         """
         requested = user_options.get("profile") if isinstance(user_options, dict) else None
         try:
-            profile = choose_profile(requested, self.user_groups(), self.user.name, PROFILES)
+            profile = choose_profile(requested, self.user_groups(), self.user.name, PROFILES,
+                                     gpus=self.gpus_present())
         except ProfileNotAllowedError as exc:
             raise self._refuse(403, str(exc)) from None
         env = dict(self.environment)

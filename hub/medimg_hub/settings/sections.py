@@ -174,11 +174,16 @@ class HubSettings:
     #: The MLflow proxy (the hub's login in front of the tracking server), a hub-managed service
     #: at /services/mlflow/.
     mlflow_proxy_port: int = 8092
+    #: Seconds a user's server may stay idle (no browser or kernel activity) before the idle culler
+    #: (jupyterhub-idle-culler, a hub service) stops it, releasing its memory and its GPU; 0 = never.
+    idle_timeout_s: float = 3600.0
     #: "system-users": each user's server runs as their own OS account (LocalProcessSpawner; the
     #: isolation DESIGN.md §3 needs). "shared": one OS account for all (development and tests only).
     spawner: str = "system-users"
-    #: CUDA device ids in this machine's GPU pool (one per engineer-GPU server); empty = none.
-    gpu_devices: tuple[str, ...] = ()
+    #: CUDA device ids in this machine's GPU pool (one per engineer-GPU server): ["auto"] = the GPUs
+    #: nvidia-smi lists (none without a driver or device); [] = none; else the ids to lend. The GPU
+    #: profile is offered only when the pool has a device.
+    gpu_devices: tuple[str, ...] = ("auto",)
     #: Login throttling (medimg_hub.hubconf.throttle), per account and client (the browser that
     #: logged in before, else the address): failures a client may make before it waits, and the
     #: longest wait in seconds (waits double from 1 s; also the window of the per-account count).

@@ -1,0 +1,55 @@
+"""The idle culler (jupyterhub-idle-culler, a hub service): a server left idle longer than
+``[hub] idle_timeout_s`` is stopped and its GPU goes back to the pool. A real hub (spawner "shared", CHP) with a one-device fake pool."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from .hubproc import Hub, HubBrowser, hub_log_tail, run_in_kernel, running_hub, wait_server
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+IDLE_TIMEOUT_S = 10
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    root = tmp_path_factory.mktemp("culled-hub")
+    with running_hub(root, spawner="shared", homes_dir=root / "homes", gpu_devices=("0",),
+                     idle_timeout_s=float(IDLE_TIMEOUT_S), spawn_timeout_s=45) as running:
+        yield running
+
+
+def api(hub: Hub, token: str, method: str, path: str, **kwargs: object) -> requests.Response:
+    return requests.request(method, f"{hub.url}/hub/api{path}", headers={"Authorization": f"token {token}"},
+                            timeout=60, **kwargs)
+
+
+def test_an_idle_server_is_stopped_and_its_gpu_released(hub: Hub) -> None:
+    admin = HubBrowser(hub)
+    assert admin.logged_in(admin.login("admin", hub.passwords["admin"]))
+    token = admin.new_token("admin")
+    assert api(hub, token, "POST", "/users", json={"usernames": ["engineer9"]}).status_code in (201, 409)
+    api(hub, token, "POST", "/groups/engineers/users", json={"users": ["engineer9"]}).raise_for_status()
+    try:
+        started = api(hub, token, "POST", "/users/engineer1/server", json={"profile": "engineer-gpu"})
+        assert started.status_code in (201, 202), started.text
+        assert wait_server(hub, token, "engineer1")["servers"][""]["ready"]
+        out = run_in_kernel(hub, "engineer1", token, "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])")
+        assert out["stdout"].strip() == "0", out
+        busy = api(hub, token, "POST", "/users/engineer9/server", json={"profile": "engineer-gpu"})
+        assert busy.status_code >= 400 and "all 1 GPU(s)" in busy.text
+        deadline = time.monotonic() + 6 * IDLE_TIMEOUT_S
+        while api(hub, token, "GET", "/users/engineer1").json().get("servers") and time.monotonic() < deadline:
+            time.sleep(1)
+        assert not api(hub, token, "GET", "/users/engineer1").json().get("servers"), hub_log_tail(hub)
+        again = api(hub, token, "POST", "/users/engineer9/server", json={"profile": "engineer-gpu"})
+        assert again.status_code in (201, 202), again.text  # the GPU went back to the pool
+        assert wait_server(hub, token, "engineer9")["servers"][""]["ready"]
+    finally:
+        for name in ("engineer1", "engineer9"):
+            api(hub, token, "DELETE", f"/users/{name}/server")
