@@ -17,6 +17,8 @@ from medimg_hub.access.datasets import DatasetDirectory, sync_datasets
 from medimg_hub.access.identities import HubIdentities
 from medimg_hub.db import make_engine
 from medimg_hub.db.migrations import upgrade
+from medimg_hub.delivery import api as delivery_api
+from medimg_hub.delivery.outbox import Outbox
 from medimg_hub.pacs.connection import PacsConnection, pacs_connection
 from medimg_hub.pipeline import api as pipeline_api
 from medimg_hub.pipeline.access import TaskAccess
@@ -72,6 +74,7 @@ def build_context(settings: Settings, env: Mapping[str, str], *, migrate: bool =
         orthanc=Orthanc(pacs, executor),
         tasks=TaskAccess(service, directory, engine, _series_lookup(pacs)),
         review=ReviewAccess(service, directory, engine, settings.review), executor=executor,
+        deliveries=Outbox(engine),
     )
 
 
@@ -95,7 +98,7 @@ def _series_lookup(pacs: PacsConnection) -> Callable[[str], str | None]:
 def make_app(context: PlatformContext) -> Application:
     """The tornado application: every module's ``default_handlers`` under the service prefix."""
     routes = [(r"health/?", HealthHandler)]
-    for module in (gateway, pipeline_api, review_api, admin):
+    for module in (gateway, pipeline_api, review_api, admin, delivery_api):
         routes += module.default_handlers
     handlers = [(context.prefix + pattern, handler, {"context": context}) for pattern, handler in routes]
     return Application(handlers, xsrf_cookies=False, log_function=_log_request)

@@ -53,6 +53,7 @@ class PlatformContext:
     tasks: Any  # TaskAccess (medimg_hub.pipeline.access), typed loosely to keep this module free of the task service
     review: Any  # ReviewAccess (medimg_hub.review.access), likewise
     executor: ThreadPoolExecutor
+    deliveries: Any = None  # Outbox (medimg_hub.delivery.outbox), likewise
     audit_executor: Executor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="audit"))
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
