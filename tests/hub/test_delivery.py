@@ -3,7 +3,8 @@ fixture ``orthanc``) holds a study and its reviewed SEG + SR; a second Orthanc a
 PACS (its own account, URL prefix and DICOM port), reached by STOW-RS and by C-STORE; a real HTTP
 receiver (:mod:`.webhook_receiver`) checks each webhook's signature and idempotency key. The
 receiver is down, then answers 500, then comes up; the hospital PACS refuses; the delivery worker
-is killed mid-send; the decision is taken through the platform API behind a real JupyterHub."""
+is killed mid-send; an attending finalises a case with the review dashboard's model layer through
+the platform API behind a real JupyterHub."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import requests
 
 import medimg_kernel as mk
 from medimg_hub.access.audit import AuditLog
+from medimg_hub.access.datasets import ingest_assigner, sync_datasets
 from medimg_hub.db import make_engine
 from medimg_hub.db.migrations import upgrade
 from medimg_hub.delivery import DeliveryKind, DeliveryStatus, Outbox
@@ -36,7 +38,11 @@ from medimg_hub.servers.process import free_port
 from medimg_hub.settings import (DatasetSettings, DeliverySettings, DestinationSettings, HubSettings, PacsSettings,
                                  PlatformSettings, QueueSettings, Settings, TasksSettings, WebhookSettings,
                                  dump_settings)
+from medimg_kernel.client import DICOMwebHTTPClient
 from medimg_kernel.pipeline import load_pipeline
+from medimg_kernel.platform_client import PlatformClient
+from medimg_kernel.review.case import ReviewCase
+from medimg_kernel.seg import AlgorithmIdentification
 
 from .hubfixture import REPO, PlatformHub, auth, make_study
 from .webhook_receiver import WebhookReceiver
@@ -102,8 +108,9 @@ def platform_settings(orthanc: OrthancServer, hospital: OrthancServer, folder: P
         deliveries=DeliverySettings(poll_interval_s=0.1, lease_s=5.0), base_dir=folder)
 
 
-def stored_review(orthanc: OrthancServer, key: str) -> tuple[str, str, Any, Any]:
-    """A small CT study in the platform PACS with a reviewed SEG and its SR, as the review dashboard stores them."""
+def stored_review(orthanc: OrthancServer, key: str, model: bool = False) -> tuple[str, str, Any, Any]:
+    """A small CT study in the platform PACS with a reviewed SEG and its SR, as the review dashboard stores
+    them (``model``: the model's SEG and SR instead, as the pipeline's auto stage stores them)."""
     series = make_study("RADIOLOGY", f"delivery-{key}")
     client = orthanc.client()
     client.store_instances(series)
@@ -111,14 +118,19 @@ def stored_review(orthanc: OrthancServer, key: str) -> tuple[str, str, Any, Any]
     volume = mk.read_series(client, study, series_uid)
     labels = np.zeros(volume.array.shape, np.uint8)
     labels[1:3, 8:20, 8:20] = 1
-    seg = mk.write_seg(volume, labels, ["liver"], type_id="organs", content_creator="ATTENDING^A")
-    sr = mk.write_sr(seg, volume, labels, content_creator="ATTENDING^A")
+    if model:
+        seg = mk.write_seg(volume, labels, ["liver"], type_id="organs",
+                           algorithm=AlgorithmIdentification(name="organ-segmentation", version="7"))
+    else:
+        seg = mk.write_seg(volume, labels, ["liver"], type_id="organs", content_creator="ATTENDING^A")
+    sr = mk.write_sr(seg, volume, labels, content_creator=None if model else "ATTENDING^A")
     client.store_instances([seg, sr])
     return study, series_uid, seg, sr
 
 
-def review_job(settings: Settings, study: str, series_uid: str) -> str:
-    """A run of example-echo on the study with its auto stage done: the review job waiting."""
+def review_job(settings: Settings, study: str, series_uid: str, produced: dict[str, Any] | None = None) -> str:
+    """A run of example-echo on the study with its auto stage done (having ``produced`` these outputs
+    besides the model's name and version): the review job waiting."""
     upgrade(settings.database_url)
     pipeline = load_pipeline(REPO / "notebooks" / "pipelines" / "example-echo" / "pipeline.yaml")
     with TaskStore(settings.database_url) as store:
@@ -126,7 +138,7 @@ def review_job(settings: Settings, study: str, series_uid: str) -> str:
                                  study_instance_uid=study)
         echo = task.job("echo")
         assert store.execution.claim(echo.id, "test-worker") is not None
-        store.execution.succeed(echo.id, "test-worker", {"model_name": "organs", "model_version": 7})
+        store.execution.succeed(echo.id, "test-worker", {"model_name": "organs", "model_version": 7, **(produced or {})})
         return task.job("review").id
 
 
@@ -296,34 +308,46 @@ def test_killing_the_delivery_worker_mid_send_loses_nothing_and_acts_once(orthan
     assert instances_in_hospital(hospital, case.study) == 2  # the SEG and the SR, once each
 
 
-# --- through the platform API: an attending finalises, an admin looks -----------------------------------------
+# --- through the platform API: an attending finalises in the review dashboard's model, an admin looks ---------
 
 
-def test_a_decision_through_the_platform_api_is_delivered_and_listed_for_admins(orthanc, hospital, tmp_path):
+def test_a_case_finalised_through_the_platform_api_is_delivered_and_listed_for_admins(orthanc, hospital, tmp_path):
+    """The real finalise path: the kernel's ReviewCase (as the viewer dashboard) stores the reviewed SEG and
+    SR through the gateway and decides through the tasks API, as the attending, behind a real hub."""
     receiver = WebhookReceiver(SECRET, free_port())
     receiver.start()
     settings = replace(platform_settings(orthanc, hospital, tmp_path, receiver), hub=HubSettings(
         port=free_port(), api_port=free_port(), proxy_api_port=free_port(), platform_api_port=free_port(),
         spawner="shared"))
-    study, series_uid, seg, sr = stored_review(orthanc, "through-the-api")
-    job = review_job(settings, study, series_uid)
+    study, series_uid, model_seg, model_sr = stored_review(orthanc, "through-the-api", model=True)
+    job = review_job(settings, study, series_uid, final_outputs(model_seg, model_sr))
+    engine = make_engine(settings.database_url)
+    sync_datasets(engine, settings.datasets)
+    ingest_assigner(engine)(study, "RADIOLOGY")  # the study is in the dataset, as an import puts it
     hub = PlatformHub(tmp_path, settings, service_port=settings.hub.platform_api_port)
     try:
         hub.start()
         hub.add_user("alan", ("attendings",))
         hub.add_user("adam", ("admins",), admin=True)
         alan, adam = hub.new_token("alan"), hub.new_token("adam")
+        session = requests.Session()
+        session.headers.update(auth(alan))
+        platform = PlatformClient(hub.platform_url, session)
+        gateway = DICOMwebHTTPClient(f"{hub.platform_url}dicom-web", session=session)
+        case = ReviewCase.open(platform, gateway, platform.review_job(job), reviewer="alan")
+        case.decide("accepted")
+        assert case.state == "decided"
+
         api = f"{hub.platform_url}api/"
-        decided = requests.post(f"{api}jobs/{job}/decide", headers=auth(alan), timeout=30,
-                                json={"decision": "accepted", "outputs": final_outputs(seg, sr)})
-        assert decided.status_code == 200, decided.text
         listed = requests.get(f"{api}deliveries", params={"status": "pending"}, headers=auth(adam), timeout=30).json()
         assert sorted(r["target"] for r in listed if r["job_id"] == job) == sorted([STOW, DIMSE, HOOK])
+        reviewed = {i["role"]: i["sop_instance_uid"] for i in listed[0]["payload"]["instances"]}
+        assert reviewed["seg"] != str(model_seg.SOPInstanceUID)  # the attending's SEG, not the model's
         assert requests.get(f"{api}deliveries", headers=auth(alan), timeout=30).status_code == 403
         assert requests.get(f"{api}deliveries", params={"status": "lost"}, headers=auth(adam),
                             timeout=30).status_code == 400
-        worker = DeliveryWorker(settings, Outbox(make_engine(settings.database_url)))
-        outbox = Outbox(make_engine(settings.database_url))
+        outbox = Outbox(engine)
+        worker = DeliveryWorker(settings, outbox)
         drive(worker, lambda: all(r.status is DeliveryStatus.DELIVERED for r in outbox.list(job_id=job)))
         worker.close()
         rows = requests.get(f"{api}deliveries", params={"job_id": job}, headers=auth(adam), timeout=30).json()
@@ -331,14 +355,19 @@ def test_a_decision_through_the_platform_api_is_delivered_and_listed_for_admins(
                                                            (DeliveryKind.DICOM.value, "delivered"),
                                                            (DeliveryKind.WEBHOOK.value, "delivered")}
         hook = next(r for r in rows if r["kind"] == "webhook")
-        assert receiver.accepted[hook["idempotency_key"]]["decision"] == "accepted"
-        assert receiver.accepted[hook["idempotency_key"]]["decided_by"] == "alan"
+        announced = receiver.accepted[hook["idempotency_key"]]
+        assert announced["decision"] == "accepted" and announced["decided_by"] == "alan"
+        assert announced["seg"][0]["sop_instance_uid"] == reviewed["seg"]
+        held = in_hospital(hospital, study)
+        assert held == {reviewed["seg"]: "SEG", reviewed["sr"]: "SR"}  # the reviewed results only
+        pushed = hospital.client().retrieve_instance(study, announced["seg"][0]["series_instance_uid"], reviewed["seg"])
+        assert pushed.ContentCreatorName == "alan^" and pushed.SeriesDescription == "organs"
         again = requests.post(f"{api}deliveries/{hook['id']}/retry", headers=auth(adam), timeout=30)
         assert again.status_code == 200 and again.json()["status"] == "delivered"  # a delivered one stays so
         assert requests.post(f"{api}deliveries/{hook['id']}/retry", headers=auth(alan), timeout=30).status_code == 403
-        assert set(in_hospital(hospital, study)) == {str(seg.SOPInstanceUID), str(sr.SOPInstanceUID)}
         audit = requests.get(f"{api}audit", params={"action": "delivery.list"}, headers=auth(adam), timeout=30).json()
         assert {r["outcome"] for r in audit} == {"allowed", "denied"}
     finally:
         receiver.stop()
         hub.stop()
+        engine.dispose()

@@ -338,3 +338,19 @@ def test_failures_back_off_then_give_up_and_a_retry_sends_again(decided) -> None
     actions = [r.action for r in AuditLog(make_engine(settings.database_url)).query(limit=50)]
     assert actions.count("delivery.attempt") == 2 and actions.count("delivery.failed") == 1
     assert actions.count("delivery.retry") == 1
+
+
+def test_medimg_up_runs_the_delivery_worker_only_when_a_dataset_exports(tmp_path: Path) -> None:
+    from medimg_hub.cli.main import _describe
+    from medimg_hub.delivery.worker import READY_TEXT
+    from medimg_hub.settings import PlatformSettings
+    from medimg_hub.stack import platform_services
+
+    quiet = Settings(platform=PlatformSettings(var_dir=tmp_path))
+    assert "deliveries" not in [s.name for s in platform_services(quiet, hub=False)]
+    exporting = replace(_settings(f"sqlite:///{tmp_path / 'p.db'}"), platform=PlatformSettings(var_dir=tmp_path))
+    services = {s.name: s for s in platform_services(exporting, hub=False)}
+    worker = services["deliveries"]
+    assert worker.process.argv[-2:] == ["deliveries", "run"] and worker.ready_text == READY_TEXT  # type: ignore[attr-defined]
+    assert list(services).index("deliveries") > list(services).index("pacs")
+    assert "Delivery worker" in _describe("deliveries")
