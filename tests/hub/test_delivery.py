@@ -80,7 +80,7 @@ class Case:
         return Outbox(make_engine(self.settings.database_url))
 
     def row(self, target: str) -> DeliveryRecord:
-        return next(r for r in self.outbox().list(job_id=self.job_id) if r.target == target)
+        return next(r for r in self.outbox().list_deliveries(job_id=self.job_id) if r.target == target)
 
 
 def platform_settings(orthanc: OrthancServer, hospital: OrthancServer, folder: Path, receiver: WebhookReceiver,
@@ -270,6 +270,21 @@ def test_a_refusing_pacs_leaves_the_results_pending_then_failed_and_a_retry_send
         worker.close()
 
 
+def test_a_platform_pacs_that_cannot_give_the_results_leaves_them_pending(orthanc, hospital, tmp_path):
+    receiver = WebhookReceiver(SECRET, free_port())
+    settings = platform_settings(orthanc, hospital, tmp_path, receiver)
+    case = finalise(orthanc, settings, "source-down")
+    down = DICOMwebHTTPClient(f"http://127.0.0.1:{free_port()}/dicom-web")  # the platform's PACS, stopped
+    worker = DeliveryWorker(settings, case.outbox(), source=down)
+    worker.run_once()
+    for target in (STOW, DIMSE):
+        row = case.row(target)
+        assert row.status is DeliveryStatus.PENDING and row.attempts == 1
+        assert "platform PACS: cannot read seg" in (row.last_error or "") and "cannot reach" in (row.last_error or "")
+    assert case.row(HOOK).attempts == 0 and in_hospital(hospital, case.study) == {}
+    worker.close()
+
+
 # --- the worker killed mid-send ------------------------------------------------------------------------------
 
 
@@ -348,7 +363,7 @@ def test_a_case_finalised_through_the_platform_api_is_delivered_and_listed_for_a
                             timeout=30).status_code == 400
         outbox = Outbox(engine)
         worker = DeliveryWorker(settings, outbox)
-        drive(worker, lambda: all(r.status is DeliveryStatus.DELIVERED for r in outbox.list(job_id=job)))
+        drive(worker, lambda: all(r.status is DeliveryStatus.DELIVERED for r in outbox.list_deliveries(job_id=job)))
         worker.close()
         rows = requests.get(f"{api}deliveries", params={"job_id": job}, headers=auth(adam), timeout=30).json()
         assert {(r["kind"], r["status"]) for r in rows} == {(DeliveryKind.DICOMWEB.value, "delivered"),

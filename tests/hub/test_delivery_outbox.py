@@ -221,7 +221,7 @@ def decided(database_url: str) -> Iterator[tuple[Settings, TaskStore, Outbox, Fa
 
 def test_a_final_decision_queues_one_delivery_per_target_with_what_it_announces(decided) -> None:
     settings, store, outbox, _, job = decided
-    rows = sorted(outbox.list(job_id=job), key=lambda r: r.id)
+    rows = sorted(outbox.list_deliveries(job_id=job), key=lambda r: r.id)
     assert [(r.kind, r.target, r.status, r.attempts) for r in rows] == [
         (DeliveryKind.DICOMWEB, "stow", DeliveryStatus.PENDING, 0), (DeliveryKind.DICOM, "cstore", DeliveryStatus.PENDING, 0),
         (DeliveryKind.WEBHOOK, "ris", DeliveryStatus.PENDING, 0)]
@@ -243,7 +243,7 @@ def test_a_rejection_is_announced_but_pushes_nothing(database_url: str) -> None:
     with TaskStore(database_url) as store:
         job = _waiting_review(store)
         TaskService(settings, store).decide(job, "rejected", actor="alan", reason="wrong series")
-    rows = Outbox(make_engine(database_url)).list(job_id=job)
+    rows = Outbox(make_engine(database_url)).list_deliveries(job_id=job)
     assert [(r.kind, r.payload["decision"], r.payload["instances"]) for r in rows] == [
         (DeliveryKind.WEBHOOK, "rejected", [])]
 
@@ -261,9 +261,9 @@ def test_a_decision_whose_deliveries_cannot_be_queued_is_not_stored(database_url
         with pytest.raises(RuntimeError, match="process died"):
             store.decide(job, "accepted", "alan", outputs=OUTPUTS, on_decided=broken)
         assert store.get_job(job).status.value == "waiting_review"
-        assert Outbox(make_engine(database_url)).list(job_id=job) == []
+        assert Outbox(make_engine(database_url)).list_deliveries(job_id=job) == []
         TaskService(settings, store).decide(job, "accepted", actor="alan", outputs=OUTPUTS)  # and it can be redone
-        assert len(Outbox(make_engine(database_url)).list(job_id=job)) == 3
+        assert len(Outbox(make_engine(database_url)).list_deliveries(job_id=job)) == 3
 
 
 def test_a_dataset_that_exports_nowhere_queues_nothing(database_url: str) -> None:
@@ -271,7 +271,7 @@ def test_a_dataset_that_exports_nowhere_queues_nothing(database_url: str) -> Non
     with TaskStore(database_url) as store:
         job = _waiting_review(store)
         TaskService(settings, store).decide(job, "accepted", actor="alan", outputs=OUTPUTS)
-    assert Outbox(make_engine(database_url)).list() == []
+    assert Outbox(make_engine(database_url)).list_deliveries() == []
 
 
 def test_a_lease_lets_one_worker_send_a_row_and_the_webhook_waits_for_the_pushes(decided) -> None:
@@ -329,7 +329,7 @@ def test_failures_back_off_then_give_up_and_a_retry_sends_again(decided) -> None
     assert after is not None and after.status is DeliveryStatus.FAILED and after.attempts == 3
     clock.advance(3600)
     assert "stow" not in [r.target for r in outbox.claim("w4", 60)]
-    assert [r.target for r in outbox.list(status="failed")] == ["stow"]
+    assert [r.target for r in outbox.list_deliveries(status="failed")] == ["stow"]
     again = outbox.retry(stow.id, "cli:ops")
     assert again.status is DeliveryStatus.PENDING and again.attempts == 0 and again.last_error == "HTTP 503 a third time"
     assert "stow" in [r.target for r in outbox.claim("w5", 60)]

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import getpass
 import json
+from typing import TYPE_CHECKING
 
 import click
 
 from medimg_hub.settings import Settings
 
+if TYPE_CHECKING:  # imported when a command runs: `medimg --help` stays quick
+    from medimg_hub.delivery.outbox import Outbox
 
-def _outbox(settings: Settings):  # type: ignore[no-untyped-def]
+
+def _outbox(settings: Settings) -> Outbox:
+    """The outbox on the platform database, migrated first."""
     from medimg_hub.db import make_engine
     from medimg_hub.db.migrations import upgrade
     from medimg_hub.delivery.outbox import Outbox
@@ -50,7 +55,7 @@ def deliveries_list(settings: Settings, pending: bool, failed: bool, job_id: str
                     as_json: bool) -> None:
     """List deliveries, newest first: target, status, attempts, next attempt, last error."""
     status = "pending" if pending else "failed" if failed else None
-    records = _outbox(settings).list(status=status, job_id=job_id, limit=limit)
+    records = _outbox(settings).list_deliveries(status=status, job_id=job_id, limit=limit)
     if as_json:
         click.echo(json.dumps([r.as_json() for r in records], indent=2))
         return

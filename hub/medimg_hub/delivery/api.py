@@ -30,7 +30,7 @@ class DeliveriesHandler(PlatformHandler):
         except ValueError:
             self.refuse(400, "limit and offset must be integers")
         job_id, dataset = self.get_query_argument("job_id", None), self.get_query_argument("dataset", None)
-        records = await self.ctx.run(lambda: self.ctx.deliveries.list(status=status, job_id=job_id, dataset=dataset,
+        records = await self.ctx.run(lambda: self.ctx.deliveries.list_deliveries(status=status, job_id=job_id, dataset=dataset,
                                                                       limit=limit, offset=offset))
         self.audit_fields["detail"] = f"{len(records)} deliveries"
         self.write_json([r.as_json() for r in records])

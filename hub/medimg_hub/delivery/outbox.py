@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from medimg_kernel.errors import MedImgError
+from medimg_kernel.errors import ConfigurationError, MedImgError
 
 from medimg_hub.access.audit import AuditRecord, audit_row
 from medimg_hub.access.models import Outcome
@@ -158,6 +158,10 @@ def enqueue(session: Session, settings: Settings, decision: FinalDecision, now: 
     if dataset is None:
         return []
     kinds = {d.name: d.kind for d in settings.destinations}
+    unknown = [name for name in dataset.export_to if name not in kinds]
+    if unknown:  # load_settings refuses this; settings built in code are checked here, before anything is stored
+        raise ConfigurationError(f"[[datasets]] {dataset.name}: export_to names {unknown}, which are not "
+                                 f"[[destinations]]; the decision was not stored")
     payload = decision.payload()
     rows: list[Delivery] = []
     targets = [(kinds[name], "destinations", name) for name in dataset.export_to if decision.instances]
@@ -207,7 +211,7 @@ class Outbox:
                 raise DeliveryNotFoundError(delivery_id)
             return DeliveryRecord.from_row(row)
 
-    def list(self, *, status: DeliveryStatus | str | None = None, job_id: str | None = None,
+    def list_deliveries(self, *, status: DeliveryStatus | str | None = None, job_id: str | None = None,
              dataset: str | None = None, limit: int = 100, offset: int = 0) -> list[DeliveryRecord]:
         """Deliveries matching every filter given, newest first."""
         query = select(Delivery).order_by(Delivery.id.desc()).limit(limit).offset(offset)
