@@ -292,6 +292,18 @@ def test_a_lease_lets_one_worker_send_a_row_and_the_webhook_waits_for_the_pushes
     assert not outbox.succeed(stow.id, "worker-1", "again")  # settled rows stay settled
 
 
+def test_a_worker_renews_its_lease_between_steps_and_learns_when_it_was_lost(decided) -> None:
+    _, _, outbox, clock, _ = decided
+    stow = next(r for r in outbox.claim("worker-1", lease_s=60) if r.target == "stow")
+    clock.advance(50)
+    assert outbox.renew(stow.id, "worker-1", lease_s=60)  # a long read: the push gets a fresh minute
+    clock.advance(50)
+    assert "stow" not in [r.target for r in outbox.claim("worker-2", lease_s=60)]  # still held
+    clock.advance(11)
+    assert "stow" in [r.target for r in outbox.claim("worker-2", lease_s=60)]
+    assert not outbox.renew(stow.id, "worker-1", lease_s=60)  # worker-1 must stop: worker-2 sends it
+
+
 def test_concurrent_claims_never_hand_one_row_to_two_workers(decided) -> None:
     _, _, outbox, _, _ = decided
     results: dict[str, list[int]] = {}

@@ -36,4 +36,9 @@ class SourceUnavailableError(DeliveryError):
     """The platform's own PACS could not give the instances to push (down, or the instance is gone)."""
 
 
-__all__ = ["DeliveryError", "DestinationRefusedError", "DestinationUnreachableError", "SourceUnavailableError"]
+class LeaseLostError(DeliveryError):
+    """This worker's lease on the delivery lapsed mid-attempt and another worker took it over: this
+    attempt stops and records nothing (the other worker's attempt counts)."""
+
+
+__all__ = ["DeliveryError", "LeaseLostError", "DestinationRefusedError", "DestinationUnreachableError", "SourceUnavailableError"]

@@ -256,6 +256,17 @@ class Outbox:
                                    .execution_options(populate_existing=True))
             return [DeliveryRecord.from_row(r) for r in rows]
 
+    def renew(self, delivery_id: int, owner: str, lease_s: float) -> bool:
+        """Extend ``owner``'s lease on a delivery it is sending by ``lease_s`` seconds from now (between the
+        steps of a long attempt); False when the lease was lost (another worker took the row over)."""
+        now = self._clock()
+        with self._sessions.begin() as session:
+            renewed = session.execute(update(Delivery).where(
+                Delivery.id == delivery_id, Delivery.lease_owner == owner,
+                Delivery.status == DeliveryStatus.PENDING.value).values(
+                lease_expires_at=now + timedelta(seconds=lease_s)).execution_options(synchronize_session=False))
+            return bool(renewed.rowcount == 1)  # type: ignore[attr-defined]
+
     def succeed(self, delivery_id: int, owner: str, detail: str, status: int = 200) -> bool:
         """Record a successful attempt; False if the row was no longer pending (settled meanwhile)."""
         now = self._clock()

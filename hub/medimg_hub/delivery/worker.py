@@ -5,7 +5,8 @@ claims due rows under a lease (:meth:`~.outbox.Outbox.claim`), and for each: a P
 decision's SEG and SR from the platform PACS and stores them at the destination; a webhook posts
 the signed announcement. Success or failure is recorded with its audit row; a failure is retried
 after the table's backoff. Several workers may run (on one or more machines): a row is sent by one
-at a time. A worker killed mid-send loses nothing: its lease lapses and the row is sent again.
+at a time (a push renews its lease between reading and storing; a worker that lost it stops). A worker
+killed mid-send loses nothing: its lease lapses and the row is sent again.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from medimg_kernel.dicomweb import DICOMwebProtocol
 from medimg_kernel.errors import ConfigurationError, MedImgError
 
 from medimg_hub.db import make_engine
-from medimg_hub.delivery.errors import DeliveryError
+from medimg_hub.delivery.errors import DeliveryError, LeaseLostError
 from medimg_hub.delivery.models import DeliveryKind
 from medimg_hub.delivery.outbox import DeliveryRecord, Outbox, instances_of
 from medimg_hub.delivery.pacs_push import DICOMwebDestination, DIMSEDestination, Destination, fetch_instances
@@ -82,6 +83,10 @@ class DeliveryWorker:
                 status, detail = self._announce(record), "announced"
             else:
                 status, detail = 200, self._push(record)
+        except LeaseLostError:
+            log.warning("delivery %d (%s %s): lease lost mid-attempt; another worker sends it", record.id,
+                        record.kind.value, record.target)
+            return False
         except (MedImgError, OSError) as exc:
             status = getattr(exc, "status", None) or 502
             log.warning("delivery %d (%s %s) failed: %s", record.id, record.kind.value, record.target, exc)
@@ -119,7 +124,12 @@ class DeliveryWorker:
         if not study:
             raise DeliveryError(record.target, f"job {record.job_id} names no StudyInstanceUID")
         datasets = fetch_instances(self.source, str(study), instances_of(record.payload))
+        self._keep_lease(record)  # reading may have taken a while: hold the row for the push itself
         return destination.store_instances(datasets)
+
+    def _keep_lease(self, record: DeliveryRecord) -> None:
+        if not self.outbox.renew(record.id, self.owner, self.settings.deliveries.lease_s):
+            raise LeaseLostError(record.target, f"delivery {record.id}: the lease lapsed and another worker took it")
 
     def _announce(self, record: DeliveryRecord) -> int:
         sender = self._webhooks.get(record.target)
