@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Protocol
 
+from medimg_hub.delivery.worker import READY_TEXT as DELIVERY_READY
 from medimg_hub.pacs.orthanc import OrthancServer
 from medimg_hub.pipeline.broker import RedisBroker
 from medimg_hub.servers.process import ManagedProcess
@@ -67,6 +68,8 @@ def platform_services(settings: Settings, *, hub: bool = True) -> list[Service]:
     services: list[Service] = [RedisBroker(settings), MlflowServer(settings), *queue_services(settings)]
     if not settings.pacs.url:  # the embedded Orthanc; a PACS by URL is the hospital's to run
         services.insert(0, OrthancServer(settings))
+    if any(d.export_to or d.webhook for d in settings.datasets):  # results leave the platform: after the PACS
+        services.append(CommandService(settings, "deliveries", ["deliveries", "run"], ready_text=DELIVERY_READY))
     if settings.receiver.port:  # the DICOM receiver stores into the PACS: after it
         services.insert(1 if not settings.pacs.url else 0,
                         CommandService(settings, "dicom-receiver", ["receiver"], ready_text="DICOM receiver listening"))

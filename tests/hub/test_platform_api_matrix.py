@@ -27,6 +27,8 @@ TARGETS = {"own": ("a1", "site-a"), "other": ("b1", "site-b")}
 
 
 def granted(role: str, right: str, dataset: str) -> bool:
+    if right == "admin":  # hub admins only, whatever the dataset
+        return ROLES[role][2]
     groups = set(ROLES[role][1])
     return any(d.name == dataset and groups & set(getattr(d, right)) for d in DATASETS)
 
@@ -104,6 +106,7 @@ ENDPOINTS: dict[str, tuple[str, Endpoint]] = {
     "review-statistics": ("read", lambda p, k, d, h, t: _get(p, "api/review/statistics", h)),
     "tasks-decide": ("review", lambda p, k, d, h, t: requests.post(
         f"{p.hub.platform_url}api/jobs/{t[d][1]}/decide", headers=h, timeout=30, json={"decision": "accepted"})),
+    "deliveries-list": ("admin", lambda p, k, d, h, t: _get(p, "api/deliveries", h, params={"dataset": d})),
 }
 #: Endpoints that answer lists, filtered by grants, rather than refusing.
 LISTS = ("tasks-list", "review-worklist", "review-statistics")

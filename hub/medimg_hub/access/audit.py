@@ -62,6 +62,18 @@ class AuditRecord:
                    dataset=row.dataset, detail=row.detail, at=row.at, id=row.id)
 
 
+def audit_row(record: AuditRecord) -> AuditEvent:
+    """The table row of ``record``, for a caller that writes it in its own transaction (with the change
+    it records, so that the change and its audit row are committed together or not at all)."""
+    return AuditEvent(
+        at=record.at, user_name=record.user, groups=sorted(record.groups), action=record.action,
+        study_instance_uid=record.study_instance_uid, series_instance_uid=record.series_instance_uid,
+        sop_instance_uid=record.sop_instance_uid, dataset=record.dataset, outcome=record.outcome.value,
+        status=record.status, request_id=record.request_id,
+        detail=record.detail[:MAX_DETAIL] if record.detail else None,
+    )
+
+
 class AuditLog:
     """Append audit records to the platform database and read them back.
 
@@ -77,15 +89,8 @@ class AuditLog:
 
     def append(self, record: AuditRecord) -> None:
         """Write one record (committed when this returns)."""
-        row = AuditEvent(
-            at=record.at, user_name=record.user, groups=sorted(record.groups), action=record.action,
-            study_instance_uid=record.study_instance_uid, series_instance_uid=record.series_instance_uid,
-            sop_instance_uid=record.sop_instance_uid, dataset=record.dataset, outcome=record.outcome.value,
-            status=record.status, request_id=record.request_id,
-            detail=record.detail[:MAX_DETAIL] if record.detail else None,
-        )
         with self._lock, self._sessions.begin() as session:
-            session.add(row)
+            session.add(audit_row(record))
 
     def query(self, *, user: str | None = None, action: str | None = None, outcome: str | None = None,
               study_instance_uid: str | None = None, dataset: str | None = None, since: datetime | None = None,

@@ -19,6 +19,7 @@ import click
 from medimg_kernel.errors import MedImgError
 
 from medimg_hub.cli import federation as cli_federation
+from medimg_hub.cli.deliveries import deliveries
 from medimg_hub.cli import tasks as cli_tasks
 from medimg_hub.cli.datasets import datasets_group
 from medimg_hub.cli.intake import import_command, pacs_group, receiver_command
@@ -38,6 +39,7 @@ DESCRIPTIONS = {
     "broker": "Task queue broker (Redis)",
     "mlflow": "MLflow tracking server + model registry",
     "dispatcher": "Task dispatcher + reconciler",
+    "deliveries": "Delivery worker (finalised results to hospital PACS, signed webhooks)",
     "hub": "JupyterHub (log in here; platform API at /services/platform/)",
 }
 
@@ -229,7 +231,7 @@ def config(settings: Settings) -> None:
 
 
 for _command in (cli_tasks.pipelines, cli_tasks.tasks, cli_tasks.worker, cli_tasks.dispatcher, cli_tasks.migrate,
-                 cli_federation.fl, users, import_command, receiver_command, datasets_group, pacs_group):
+                 cli_federation.fl, users, import_command, receiver_command, datasets_group, pacs_group, deliveries):
     cli.add_command(_command)
 
 

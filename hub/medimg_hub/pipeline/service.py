@@ -18,6 +18,7 @@ from medimg_kernel.dicomweb import DICOMwebProtocol
 from medimg_kernel.errors import MedImgError, ParameterError
 from medimg_kernel.pipeline import ParameterType, PipelineDescriptor, discover_pipelines, validate_parameters
 
+from medimg_hub.pipeline.decisions import deliveries_hook
 from medimg_hub.pipeline.models import JobRecord, TaskRecord
 from medimg_hub.pipeline.queue import dispatch_ready, make_celery
 from medimg_hub.pipeline.store import TaskStore
@@ -132,8 +133,13 @@ class TaskService:
 
     def decide(self, job_id: str, decision: str, *, actor: str, reason: str | None = None,
                outputs: Mapping[str, Any] | None = None) -> JobRecord:
-        """Complete a manual stage (accepted / corrected / rejected) in the name of ``actor``."""
-        job = self.store.decide(job_id, decision, actor, reason=reason, outputs=dict(outputs or {}))
+        """Complete a manual stage (accepted / corrected / rejected) in the name of ``actor``.
+
+        The decision's deliveries (``export_to`` and ``webhook`` of the task's dataset) are queued in
+        the same transaction (:func:`medimg_hub.pipeline.decisions.deliveries_hook`).
+        """
+        job = self.store.decide(job_id, decision, actor, reason=reason, outputs=dict(outputs or {}),
+                                on_decided=deliveries_hook(self.settings))
         dispatch_ready(self.app, self.store)
         return job
 

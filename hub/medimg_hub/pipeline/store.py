@@ -35,7 +35,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, select
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import Session, selectinload
 
 from medimg_kernel.pipeline import (ParameterDescriptor, ParameterType, PipelineDescriptor, StageKind,
                                     validate_parameters)
@@ -268,6 +268,7 @@ class TaskStore:
         actor: str,
         reason: str | None = None,
         outputs: Mapping[str, Any] | None = None,
+        on_decided: Callable[[Session, Job, datetime], None] | None = None,
     ) -> JobRecord:
         """A person's decision on a manual job waiting for review.
 
@@ -284,6 +285,10 @@ class TaskStore:
             Free text kept in the history.
         outputs
             E.g. the SOP Instance UID of a corrected SEG.
+        on_decided
+            Called with the session, the decided job and the time, inside the decision's
+            transaction (e.g. to enqueue its deliveries: :mod:`medimg_hub.pipeline.decisions`).
+            If it raises, nothing of the decision is stored.
 
         Raises
         ------
@@ -306,4 +311,6 @@ class TaskStore:
                 self._rows.release_dependents(session, job, actor)
             else:
                 self._rows.cancel_dependents(session, job, actor)
+            if on_decided is not None:
+                on_decided(session, job, self._rows.now())
             return JobRecord.from_row(job)

@@ -20,6 +20,8 @@ from medimg_hub.datasets import api as datasets_api
 from medimg_hub.datasets import page as datasets_page
 from medimg_hub.datasets.operations import DatasetOperations
 from medimg_hub.db.migrations import upgrade
+from medimg_hub.delivery import api as delivery_api
+from medimg_hub.delivery.outbox import Outbox
 from medimg_hub.pacs.connection import PacsConnection, pacs_connection
 from medimg_hub.pipeline import api as pipeline_api
 from medimg_hub.pipeline.access import TaskAccess
@@ -78,6 +80,7 @@ def build_context(settings: Settings, env: Mapping[str, str], *, migrate: bool =
         page_auth=_page_auth(env, hub_auth, prefix),
         datasets=DatasetOperations(settings, engine, group_exists=_hub_group_lookup(hub_auth),
                                    on_change=directory.forget),
+        deliveries=Outbox(engine),
     )
 
 
@@ -129,7 +132,7 @@ def _series_lookup(pacs: PacsConnection) -> Callable[[str], str | None]:
 def make_app(context: PlatformContext) -> Application:
     """The tornado application: every module's ``default_handlers`` under the service prefix."""
     routes = [(r"health/?", HealthHandler)]
-    for module in (gateway, pipeline_api, review_api, admin, datasets_api):
+    for module in (gateway, pipeline_api, review_api, admin, datasets_api, delivery_api):
         routes += module.default_handlers
     handlers = [(context.prefix + pattern, handler, {"context": context}) for pattern, handler in routes]
     handlers += datasets_page.handlers(context)

@@ -57,6 +57,7 @@ class PlatformContext:
     datasets: Any = None
     #: The hub's OAuth for the service's browser pages (the datasets admin page).
     page_auth: Any = None
+    deliveries: Any = None  # Outbox (medimg_hub.delivery.outbox), likewise
     audit_executor: Executor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="audit"))
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:

@@ -19,6 +19,8 @@ import tomli_w
 
 from medimg_kernel.errors import ConfigurationError
 
+from medimg_hub.settings.destinations import (DeliverySettings, DestinationSettings, WebhookSettings,
+                                              validate_destinations)
 from medimg_hub.settings.federation import FederationSettings, validate_federation
 from medimg_hub.settings.receiver import ReceiverSettings, RouteSettings, validate_receiver
 from medimg_hub.settings.remotes import RemoteSettings, validate_remotes
@@ -245,6 +247,10 @@ class DatasetSettings:
     #: Accept only image objects from the DICOM receiver (``[receiver]``): a structured report,
     #: presentation state or other non-image object routed here is refused with its SOP class named.
     images_only: bool = False
+    #: Where a finalised review's SEG and SR are pushed: ``[[destinations]]`` names (empty = nowhere).
+    export_to: tuple[str, ...] = ()
+    #: The ``[[webhooks]]`` table told of each finalised decision ("" = none).
+    webhook: str = ""
 
 
 #: The demo's datasets: one per demo site (see medimg.toml).
@@ -288,6 +294,9 @@ class Settings:
     receiver: ReceiverSettings = field(default_factory=ReceiverSettings)
     routes: tuple[RouteSettings, ...] = ()
     remotes: tuple[RemoteSettings, ...] = ()
+    destinations: tuple[DestinationSettings, ...] = ()
+    webhooks: tuple[WebhookSettings, ...] = ()
+    deliveries: DeliverySettings = field(default_factory=DeliverySettings)
     #: The folder relative paths are resolved against (the settings file's folder).
     base_dir: Path = REPO_ROOT
     #: The file these settings were read from (None: built-in defaults).
@@ -338,13 +347,17 @@ def dump_settings(settings: Settings, path: Path) -> Path:
     for section in dataclasses.fields(settings):
         if section.name in ("base_dir", "config_file"):
             continue
-        if section.name in ("datasets", "routes", "remotes"):
+        if section.name in _ARRAYS:
             document[section.name] = [_toml_table(table, settings) for table in getattr(settings, section.name)]
         else:
             document[section.name] = _toml_table(getattr(settings, section.name), settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(tomli_w.dumps(document), encoding="utf-8")
     return path
+
+
+#: Sections written as arrays of tables (``[[name]]``).
+_ARRAYS = ("datasets", "routes", "remotes", "destinations", "webhooks")
 
 
 def _toml_table(section: Any, settings: Settings) -> dict[str, Any]:
@@ -422,21 +435,20 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         "platform": PlatformSettings, "pacs": PacsSettings, "mlflow": MlflowSettings, "queue": QueueSettings,
         "tasks": TasksSettings, "pipelines": PipelinesSettings, "review": ReviewSettings, "hub": HubSettings,
         "demo": DemoSettings, "federation": FederationSettings, "receiver": ReceiverSettings,
+        "deliveries": DeliverySettings,
     }
-    unknown = sorted(set(raw) - set(sections) - {"datasets", "routes", "remotes"})
+    unknown = sorted(set(raw) - set(sections) - set(_ARRAYS))
     if unknown:
-        raise ConfigurationError(f"unknown section(s) {unknown} in {file}; valid: {sorted(sections)}, [[datasets]], "
-                                 "[[routes]] and [[remotes]]")
+        raise ConfigurationError(f"unknown section(s) {unknown} in {file}; valid: {sorted(sections)}, "
+                                 "[[datasets]], [[routes]], [[remotes]], [[destinations]] and [[webhooks]]")
     built: dict[str, Any] = {name: _build(cls, name, raw.get(name, {})) for name, cls in sections.items()}
     built["datasets"] = _datasets(raw.get("datasets"))
-    routes = raw.get("routes", [])
-    if not isinstance(routes, list):
-        raise ConfigurationError("routes must be an array of tables: [[routes]] ...")
-    built["routes"] = tuple(_build(RouteSettings, f"routes[{i}]", table) for i, table in enumerate(routes))
-    remotes = raw.get("remotes", [])
-    if not isinstance(remotes, list):
-        raise ConfigurationError("remotes must be an array of tables: [[remotes]] ...")
-    built["remotes"] = tuple(_build(RemoteSettings, f"remotes[{i}]", table) for i, table in enumerate(remotes))
+    for name, cls in (("routes", RouteSettings), ("remotes", RemoteSettings), ("destinations", DestinationSettings),
+                      ("webhooks", WebhookSettings)):
+        tables = raw.get(name, [])
+        if not isinstance(tables, list):
+            raise ConfigurationError(f"{name} must be an array of tables: [[{name}]] ...")
+        built[name] = tuple(_build(cls, f"{name}[{i}]", table) for i, table in enumerate(tables))
     _validate(built)
     return Settings(**built, base_dir=file.resolve().parent, config_file=file.resolve())
 
@@ -503,6 +515,8 @@ def _validate(built: dict[str, Any]) -> None:
     validate_federation(built["federation"], [d.name for d in built["datasets"]], ports)
     validate_receiver(built["receiver"], built["routes"], [d.name for d in built["datasets"]])
     validate_remotes(built["remotes"])
+    validate_destinations(built["destinations"], built["webhooks"], built["deliveries"],
+                          [(d.name, d.export_to, d.webhook) for d in built["datasets"]])
     if built["receiver"].port and built["receiver"].port in {p for _, _, p in ports}:
         raise ConfigurationError(f"[receiver] port={built['receiver'].port} is another service's port")
 

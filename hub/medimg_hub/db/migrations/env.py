@@ -10,6 +10,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 import medimg_hub.access.models  # noqa: F401 - every table on Base.metadata
+import medimg_hub.delivery.models  # noqa: F401
 import medimg_hub.pipeline.models  # noqa: F401
 from medimg_hub.db import Base, make_engine
 from medimg_hub.db.migrations import VERSION_TABLE
