@@ -113,6 +113,10 @@ printf '%s\n%s\n%s\n' "$site_dir" "$(pwd)" "$(pwd)/federated" > .venv-users/lib/
 mkdir -p .venv-users/share .venv-users/etc  # Jupyter's data (Voila templates, Lab assets) and config (server extensions)
 ln -sfn "$(pwd)/.venv/share/jupyter" .venv-users/share/jupyter
 ln -sfn "$(pwd)/.venv/etc/jupyter" .venv-users/etc/jupyter
+# JupyterLab's defaults for every user (hub/lab/overrides.json): no news prompt and no update check,
+# both of which would fetch from the internet
+mkdir -p .venv/share/jupyter/lab/settings
+cp hub/lab/overrides.json .venv/share/jupyter/lab/settings/overrides.json
 if .venv-users/bin/python -c 'import medimg_hub' 2>/dev/null; then
   say "error: users' environment (.venv-users) can import medimg_hub"; exit 1
 fi

@@ -25,7 +25,7 @@ import requests
 
 import medimg_kernel as mk
 from medimg_hub.access.audit import AuditLog
-from medimg_hub.access.datasets import ingest_assigner, sync_datasets
+from medimg_hub.access.datasets import ingest_assigner, seed_datasets
 from medimg_hub.db import make_engine
 from medimg_hub.db.migrations import upgrade
 from medimg_hub.delivery import DeliveryKind, DeliveryStatus, Outbox
@@ -337,7 +337,7 @@ def test_a_case_finalised_through_the_platform_api_is_delivered_and_listed_for_a
     study, series_uid, model_seg, model_sr = stored_review(orthanc, "through-the-api", model=True)
     job = review_job(settings, study, series_uid, final_outputs(model_seg, model_sr))
     engine = make_engine(settings.database_url)
-    sync_datasets(engine, settings.datasets)
+    seed_datasets(engine, settings.datasets)
     ingest_assigner(engine)(study, "RADIOLOGY")  # the study is in the dataset, as an import puts it
     hub = PlatformHub(tmp_path, settings, service_port=settings.hub.platform_api_port)
     try:

@@ -70,6 +70,13 @@ def test_engineer_gets_jupyterlab_and_runs_code(hub, admin_token):
         landing = engineer.spawn_form("engineer1", "engineer-cpu")
         assert landing.url.endswith("/user/engineer1/lab"), hub_log_tail(hub)
         assert "JupyterLab" in landing.text
+        # quiet defaults (hub/lab/overrides.json): JupyterLab neither asks about nor fetches news
+        xsrf = engineer.cookies.get("_xsrf", path="/user/engineer1/") or ""
+        notification = engineer.get(f"{hub.url}/user/engineer1/lab/api/settings/"
+                                    "@jupyterlab/apputils-extension:notification", headers={"X-XSRFToken": xsrf})
+        assert notification.status_code == 200, notification.text[:300]
+        composite = notification.json()["composite"]
+        assert composite["fetchNews"] == "false" and composite["checkForUpdates"] is False, composite
         out = run_in_kernel(hub, "engineer1", engineer.new_token("engineer1"),
                             "import os; print(os.environ['MEDIMG_PROFILE'], repr(os.environ['CUDA_VISIBLE_DEVICES']),"
                             " os.environ['MEDIMG_DICOMWEB_URL'], 6 * 7)")

@@ -20,7 +20,7 @@ from pynetdicom.sop_class import BasicTextSRStorage, CTImageStorage  # type: ign
 
 from medimg_hub.access.audit import AuditLog
 from medimg_hub.access.datasets import DatasetDirectory, seed_datasets
-from medimg_hub.cli.intake import datasets_group
+from medimg_hub.cli.datasets import datasets_group
 from medimg_hub.db import make_engine
 from medimg_hub.db.migrations import upgrade
 from medimg_hub.pacs.orthanc import OrthancServer
