@@ -173,6 +173,8 @@ def test_fl_up_run_down_trains_registers_and_leaves_nothing_behind(platform: Set
         out = medimg(platform, "fl", "run", "--rounds", "2", "-c", f"model-config={TINY_MODEL}", timeout_s=900)
         watch.stop.set()
         assert "federated run finished" in out
+        # the rounds' progress in the terminal, as Flower streams it (not only in the log file)
+        assert "[ROUND 1" in out and "[ROUND 2" in out and "aggregate_train" in out, out
         assert len(watch.apps) >= 4 and not watch.leaks, (len(watch.apps), watch.leaks)  # 1 ServerApp, 3+ ClientApps
         assert all(b"--token-file\0/dev/fd/" in app for app in watch.apps)
         _assert_a_kernel_cannot_use_the_control_api(platform)

@@ -10,6 +10,7 @@ in ``[federation]`` of ``medimg.toml``; the options of ``medimg fl run`` overrid
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import click
@@ -58,8 +59,20 @@ def fl_run_command(settings: Settings, rounds: int | None, local_epochs: int | N
         if not sep:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--run-config")
         overrides[key] = _typed(value)
-    log_file: Path = fl_run(settings, overrides)
+    click.echo(f"federated run started: {settings.federation.rounds} rounds; progress below, "
+               "Flower's whole log in var/log/flwr-run.log")
+    log_file: Path = fl_run(settings, overrides, on_line=_progress)
     click.echo(f"federated run finished; Flower's log: {log_file}; runs and model at {settings.mlflow_tracking_uri}")
+
+
+#: Lines of Flower's stream shown in the terminal: round starts, what came back, the end, and trouble.
+PROGRESS = re.compile(r"\[ROUND \d+|aggregate_(train|evaluate)|Strategy execution finished|ServerApp finished"
+                      r"|ERROR|Exception|Traceback")
+
+
+def _progress(line: str) -> None:
+    if PROGRESS.search(line):
+        click.echo("  " + re.sub(r"^\S*\s*:\s+", "", line.strip()))
 
 
 def _typed(value: str) -> object:

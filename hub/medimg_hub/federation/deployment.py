@@ -35,8 +35,9 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -338,21 +339,43 @@ class Federation:
                                   f"{(proc.stdout + proc.stderr)[-3000:]}")
         return proc
 
-    def run(self, run_config: Mapping[str, Any], *, timeout_s: float = 1800.0) -> Path:
+    def run(self, run_config: Mapping[str, Any], *, timeout_s: float = 1800.0,
+            on_line: Callable[[str], object] | None = None) -> Path:
         """Run the app to completion (``flwr run --stream``); returns the ServerApp log file.
 
         ``run_config`` overrides the app's ``[tool.flwr.app.config]`` (its keys; the SuperLink
         refuses others by name), written as a TOML file: JSON strings such as ``model-config``
-        do not survive the inline form.
+        do not survive the inline form. Each line Flower streams goes to the log file as it comes
+        and to ``on_line`` (``medimg fl run`` shows the rounds' progress with it).
         """
         overrides = self.root / "run-config.toml"
         overrides.write_text(tomli_w.dumps(dict(run_config)))
         log_file = Path(self.var_dir) / "log" / "flwr-run.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        self._flwr(["run", str(self.app_dir), CONNECTION, "--stream", "--run-config", str(overrides)],
-                   timeout_s=timeout_s, log_file=log_file)
+        args = ["run", str(self.app_dir), CONNECTION, "--stream", "--run-config", str(overrides)]
+        proc = subprocess.Popen([self._exe("flwr"), *args], env=self.env(), cwd=self.root, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, bufsize=1)
+        timer = threading.Timer(timeout_s, proc.kill)
+        timer.start()
+        try:
+            with log_file.open("w") as log_out:
+                assert proc.stdout is not None  # noqa: S101 - stdout=PIPE
+                for line in proc.stdout:
+                    log_out.write(line)
+                    log_out.flush()
+                    if on_line is not None:
+                        on_line(line.rstrip("\n"))
+            returncode = proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
         text = log_file.read_text()
+        if time.perf_counter() - started >= timeout_s:
+            raise FederationError(f"flwr run exceeded {timeout_s:.0f} s ([federation] run_timeout_s); see {log_file}")
+        if returncode != 0:
+            raise FederationError(f"flwr run failed (rc {returncode}):\n{text[-3000:]}")
         if "ServerApp raised an exception" in text:  # `flwr run --stream` still exits 0
             raise FederationError(f"the ServerApp failed; see {log_file}:\n{text[-3000:]}")
         if "ServerApp finished running" not in text and "Strategy execution finished" not in text:

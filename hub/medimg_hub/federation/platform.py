@@ -10,7 +10,7 @@ under ``var/run``), so ``medimg fl down`` works from a new process.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -108,10 +108,11 @@ def fl_up(settings: Settings) -> dict[str, str]:
             **{p.name: p.url for p in federation.nodes.values()}}
 
 
-def fl_run(settings: Settings, overrides: Mapping[str, Any] | None = None) -> Path:
-    """Run the app on the started federation; the ``flwr run`` log file."""
+def fl_run(settings: Settings, overrides: Mapping[str, Any] | None = None,
+           on_line: Callable[[str], object] | None = None) -> Path:
+    """Run the app on the started federation; the ``flwr run`` log file (each line also to ``on_line``)."""
     return platform_federation(settings).run(run_config(settings, overrides),
-                                             timeout_s=settings.federation.run_timeout_s)
+                                             timeout_s=settings.federation.run_timeout_s, on_line=on_line)
 
 
 def fl_down(settings: Settings) -> None:
