@@ -66,7 +66,8 @@ def fl_run_command(settings: Settings, rounds: int | None, local_epochs: int | N
 
 
 #: Lines of Flower's stream shown in the terminal: round starts, what came back, the end, and trouble.
-PROGRESS = re.compile(r"\[ROUND \d+|aggregate_(train|evaluate)|Strategy execution finished|ServerApp finished"
+PROGRESS = re.compile(r"\[ROUND \d+|aggregate_(train|evaluate)|Aggregated MetricRecord|Strategy execution finished"
+                      r"|ServerApp finished"
                       r"|ERROR|Exception|Traceback")
 
 
