@@ -11,7 +11,7 @@ an identity provider's handlers (``/oauth_callback``, ``/logout``) without the s
 so the subclass adds ``/user/<name>/``. Everything else comes from the environment the spawner
 sets (``JUPYTERHUB_SERVICE_URL``, ``JUPYTERHUB_SERVICE_PREFIX``, the API token, the OAuth client).
 Pages use the offline ``medimg`` template (:mod:`medimg_voila.templates`): no request leaves
-the hub.
+the hub. A kernel whose page is gone is shut down after ``MEDIMG_DASHBOARD_KERNEL_IDLE_S``.
 """
 
 from __future__ import annotations
@@ -66,6 +66,14 @@ class HubVoila(Voila):
         self.authorizer_class = JupyterHubAuthorizer
         self.tornado_settings = {"headers": {"Content-Security-Policy": "frame-ancestors 'self'"}}
         self.voila_configuration.show_tracebacks = False
+        # Each page load runs the dashboard in a kernel of its own; a kernel whose page was closed or
+        # reloaded (no connection, not busy) is shut down after MEDIMG_DASHBOARD_KERNEL_IDLE_S seconds
+        # ([review] dashboard_kernel_idle_s): jupyter_server's culler, which Voila's kernel manager has.
+        idle_s = max(5, int(float(os.environ.get("MEDIMG_DASHBOARD_KERNEL_IDLE_S", "120"))))
+        self.config.MappingKernelManager.cull_idle_timeout = idle_s
+        self.config.MappingKernelManager.cull_interval = max(5, idle_s // 5)
+        self.config.MappingKernelManager.cull_connected = False
+        self.config.MappingKernelManager.cull_busy = False
 
     def init_handlers(self) -> list[Any]:
         """Voila's handlers, with the notebook served at the prefix itself and nowhere else.

@@ -30,7 +30,8 @@ from tornado.websocket import websocket_connect
 from medimg_hub.demo.users import ensure_demo_users
 from medimg_hub.servers.jupyterhub import JupyterHubServer
 from medimg_hub.servers.process import free_port
-from medimg_hub.settings import HubSettings, MlflowSettings, PlatformSettings, Settings, dump_settings, load_settings
+from medimg_hub.settings import (HubSettings, MlflowSettings, PlatformSettings, ReviewSettings, Settings, dump_settings,
+                                 load_settings)
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_SITE = Path(sysconfig.get_paths()["purelib"])  # the site-packages of the interpreter running the tests
@@ -74,8 +75,8 @@ def user_readable_python(root: Path) -> str:
 
 
 @contextmanager
-def running_hub(root: Path, **hub_overrides: object) -> Iterator[Hub]:
-    """Start a hub with ``HubSettings(**hub_overrides)`` on free ports under ``root``; stop it after.
+def running_hub(root: Path, *, review: ReviewSettings | None = None, **hub_overrides: object) -> Iterator[Hub]:
+    """Start a hub with ``HubSettings(**hub_overrides)`` (and ``review``) on free ports under ``root``; stop it after.
 
     MLflow's settings get a free port too (the hub's MLflow service forwards there; tests that
     use it start the tracking server with :class:`medimg_hub.tracking.server.MlflowServer`).
@@ -85,7 +86,8 @@ def running_hub(root: Path, **hub_overrides: object) -> Iterator[Hub]:
                                        platform_api_port=platform_port, mlflow_proxy_port=mlflow_proxy_port,
                                        **hub_overrides)
     built = dataclasses.replace(Settings(), platform=PlatformSettings(var_dir=root / "var", start_timeout_s=60.0),
-                                hub=hub_settings, mlflow=MlflowSettings(port=mlflow_port))
+                                hub=hub_settings, mlflow=MlflowSettings(port=mlflow_port),
+                                review=review or ReviewSettings())
     settings = load_settings(dump_settings(built, root / "settings.toml"))
     passwords = ensure_demo_users(settings)
     server = JupyterHubServer(settings)

@@ -25,4 +25,6 @@ def platform_api_url(settings: Settings) -> str:
 def kernel_environment(settings: Settings) -> dict[str, str]:
     """The platform URLs every user's server (and so every kernel) gets in its environment."""
     root = platform_api_url(settings)
-    return {"MEDIMG_DICOMWEB_URL": f"{root}/dicom-web", "MEDIMG_PLATFORM_URL": root}
+    return {"MEDIMG_DICOMWEB_URL": f"{root}/dicom-web", "MEDIMG_PLATFORM_URL": root,
+            # Voila servers (medimg_voila.app) shut down a closed page's kernel after this
+            "MEDIMG_DASHBOARD_KERNEL_IDLE_S": str(int(settings.review.dashboard_kernel_idle_s))}

@@ -160,6 +160,10 @@ class ReviewSettings:
     claim_ttl_s: float = 1800.0
     #: Largest draft (compressed labels of one case) the platform API keeps, in bytes.
     max_draft_bytes: int = 64 << 20
+    #: Seconds a dashboard's kernel lives on after its page was closed or reloaded (no browser
+    #: connected, nothing running) before the Voila server shuts it down; checked every
+    #: fifth of that (at least 5 s).
+    dashboard_kernel_idle_s: float = 120.0
 
 
 @dataclass(frozen=True)
