@@ -27,6 +27,9 @@ from mlflow import MlflowClient
 from ..model import SegmentationModelConfig, build_network
 from ..training import experiment_id, log_segmentation_model, tracking
 
+#: A DICOM UID in free text (as the hub's log redaction finds them).
+UID = re.compile(r"(?<![\w.])(?:[0-2](?:\.(?:0|[1-9][0-9]*)){4,}|2\.25\.[1-9][0-9]{9,})(?![\w.])")
+
 logger = logging.getLogger(__name__)
 
 
@@ -98,7 +101,8 @@ class FederatedTracker:
         flat[f"{phase}_sites_failed"] = len(failed)
         self.log_metrics(flat, server_round)
         for site, reason in failed.items():
-            note = f"round {server_round} {phase}: {site}: {reason}"
+            # the run mixes every site's dataset: a site's error text never carries its studies' UIDs
+            note = f"round {server_round} {phase}: {site}: {UID.sub('<uid>', str(reason))}"
             self.failures.append(note)
             logger.warning("%s", note)
         if failed:

@@ -23,7 +23,9 @@ def test_uids_become_stable_keyed_pseudonyms_and_nothing_else_changes(tmp_path: 
     assert redact(STUDY, key) != redact(SERIES, key)
     assert redact(STUDY, key) != redact(STUDY, load_key(tmp_path / "other.json"))  # another installation
     assert oct((tmp_path / "key.json").stat().st_mode & 0o777) == "0o600"
-    assert not UID.search("2.13.0 and 10.0.0.1 and 3.11.7")
+    assert not UID.search("2.13.0 and 10.0.0.1 and 3.11.7 and 2.25.1")
+    uuid_uid = "2.25.329800735698586629295641978511506172918"  # UUID-derived, as highdicom and pydicom make them
+    assert uuid_uid not in redact(f"SEG {uuid_uid} stored", key)
 
 
 def test_a_formatted_traceback_is_redacted_too(tmp_path: Path) -> None:

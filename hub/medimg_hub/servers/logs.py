@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import IO
 
 #: A DICOM UID (PS3.5 §9): root 0, 1 or 2, then numeric components without leading zeros. Five or
-#: more components: IPv4 addresses (4) and version numbers are left alone.
-UID = re.compile(r"(?<![\w.])[0-2](?:\.(?:0|[1-9][0-9]*)){4,}(?![\w.])")
+#: more components (IPv4 addresses (4) and version numbers are left alone), or a UUID-derived UID
+#: (2.25.<integer of 10 or more digits>: three components, as highdicom and pydicom make them).
+UID = re.compile(r"(?<![\w.])(?:[0-2](?:\.(?:0|[1-9][0-9]*)){4,}|2\.25\.[1-9][0-9]{9,})(?![\w.])")
 #: Environment variable naming the key file for processes that get no settings (the proxy's pipe).
 KEY_FILE_ENV = "MEDIMG_LOG_PSEUDONYM_KEY_FILE"
 
