@@ -119,8 +119,9 @@ class UnknownSegmentTypeError(SegmentationError, LookupError):
         self.name = name
         self.known = known
         super().__init__(
-            f"unknown segment type {name!r}; the anatomy catalogue knows {', '.join(known)} "
-            "(add an entry to medimg_kernel.anatomy.CATALOGUE for a new structure)"
+            f"unknown segment type {name!r}; the segment type registry knows {', '.join(known)} "
+            "(pass a medimg_kernel.anatomy.SegmentType with its codes, or register one with "
+            "medimg_kernel.anatomy.register_segment_type or a [[segment_types]] file)"
         )
 
 

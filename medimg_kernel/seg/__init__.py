@@ -1,6 +1,7 @@
 """Segmentations as DICOM SEG: writing, reading and describing them (with highdicom).
 
-* :mod:`.sop`: :func:`write_seg`, :func:`read_seg`, :func:`read_seg_masks`, :func:`describe_seg`.
+* :mod:`.sop`: :func:`write_seg`, :func:`read_seg`, :func:`read_seg_masks`, :func:`read_seg_types`
+  (segments' coded concepts, preserved), :func:`describe_seg`.
 * :mod:`.content`: ``write_seg``'s arguments checked and converted for highdicom, and
   :class:`AlgorithmIdentification`, the algorithm of a model output.
 * :mod:`.frames`: pairing frames with the slices of a volume, decoding them into masks.
@@ -13,9 +14,9 @@ package they import :mod:`medimg_kernel.anatomy`, :mod:`medimg_kernel.errors`,
 
 from .content import MODEL_PREFIX, SEG_SOP_CLASS_UIDS, AlgorithmIdentification
 from .frames import POSITION_TOLERANCE_MM
-from .sop import SegInfo, describe_seg, read_seg, read_seg_masks, write_seg
+from .sop import SegInfo, describe_seg, read_seg, read_seg_masks, read_seg_types, write_seg
 
 __all__ = [
-    "AlgorithmIdentification", "SegInfo", "write_seg", "read_seg", "read_seg_masks", "describe_seg",
+    "AlgorithmIdentification", "SegInfo", "write_seg", "read_seg", "read_seg_masks", "read_seg_types", "describe_seg",
     "MODEL_PREFIX", "SEG_SOP_CLASS_UIDS", "POSITION_TOLERANCE_MM",
 ]

@@ -103,23 +103,25 @@ def names_from_type_id(type_id: str, is_model: bool) -> tuple[str, str]:
     return description, content_label
 
 
-def segment_types(segments: Sequence[str]) -> list[SegmentType]:
-    """The catalogue entries of ``segments``, in order.
+def segment_types(segments: Sequence[str | SegmentType]) -> list[SegmentType]:
+    """The segment types of ``segments`` (registry names or :class:`SegmentType` objects), in order.
 
     Raises
     ------
     SegmentationError
-        ``segments`` is empty, a plain string, or names a segment twice.
+        ``segments`` is empty, a plain string, or lists a segment twice (the same type without
+        distinct tracking ids: tracked findings, e.g. two nodules, may share a type).
     UnknownSegmentTypeError
-        A name is not in the anatomy catalogue.
+        A name is not in the segment type registry.
     """
-    if isinstance(segments, str) or len(segments) == 0:
-        raise SegmentationError(f"segments must be a non-empty list of catalogue names; got {segments!r}")
+    if isinstance(segments, (str, SegmentType)) or len(segments) == 0:
+        raise SegmentationError(f"segments must be a non-empty list of segment types or registry names; got {segments!r}")
     entries = [get_segment_type(name) for name in segments]
-    names = [e.name for e in entries]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    keys = [(e.name, e.tracking_id) for e in entries]
+    duplicates = sorted({k[0] for k in keys if keys.count(k) > 1})
     if duplicates:
-        raise SegmentationError(f"segments lists {', '.join(duplicates)} more than once; each segment once")
+        raise SegmentationError(f"segments lists {', '.join(duplicates)} more than once; each segment once "
+                                "(give tracked findings distinct tracking ids: SegmentType.with_tracking)")
     return entries
 
 
@@ -169,18 +171,28 @@ def pixel_array(labels: np.ndarray, shape: tuple[int, int, int], n: int, segment
 
 
 def descriptions(entries: list[SegmentType], algorithm: AlgorithmIdentification | None) -> list[hd.seg.SegmentDescription]:
-    """highdicom segment descriptions: numbers 1.., catalogue codes and colours, MANUAL or AUTOMATIC."""
+    """highdicom segment descriptions: numbers 1.., the types' codes, regions, tracking and colours,
+    MANUAL or AUTOMATIC."""
     descriptions = []
     for number, entry in enumerate(entries, start=1):
+        region = None
+        if entry.anatomic_region is not None:
+            region = hd.sr.CodedConcept.from_code(entry.anatomic_region)
         description = hd.seg.SegmentDescription(
             segment_number=number,
-            segment_label=entry.name,
+            segment_label=entry.name if not entry.tracking_id else f"{entry.name} {entry.tracking_id}"[:64],
             segmented_property_category=entry.property_category,
             segmented_property_type=entry.property_type,
             algorithm_type="AUTOMATIC" if algorithm is not None else "MANUAL",
             algorithm_identification=algorithm.to_sequence() if algorithm is not None else None,
+            tracking_id=entry.tracking_id, tracking_uid=entry.tracking_uid,
+            anatomic_regions=[region] if region is not None else None,
             display_color=hd.color.CIELabColor.from_rgb(*entry.rgb),
         )
+        if region is not None and entry.anatomic_region_modifier is not None:
+            description.AnatomicRegionSequence[0].AnatomicRegionModifierSequence = [
+                hd.sr.CodedConcept.from_code(entry.anatomic_region_modifier)
+            ]
         if entry.property_type_modifier is not None:
             description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
                 hd.sr.CodedConcept.from_code(entry.property_type_modifier)

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import highdicom as hd
@@ -44,7 +44,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from .. import __version__
-from ..anatomy import find_segment_type
+from ..anatomy import SegmentType, segment_type_from_codes
 from ..errors import SegmentationError
 from ..volume import Volume
 from . import content, frames, highdicom_speedups
@@ -52,7 +52,7 @@ from .content import MODEL_PREFIX, SEG_SOP_CLASS_UIDS, AlgorithmIdentification
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SegInfo", "write_seg", "read_seg", "read_seg_masks", "describe_seg"]
+__all__ = ["SegInfo", "write_seg", "read_seg", "read_seg_masks", "read_seg_types", "describe_seg"]
 
 highdicom_speedups.install()
 
@@ -96,7 +96,7 @@ class SegInfo:
 def write_seg(
     volume: Volume,
     labels: np.ndarray,
-    segments: Sequence[str],
+    segments: Sequence[str | SegmentType],
     *,
     type_id: str,
     algorithm: AlgorithmIdentification | None = None,
@@ -119,7 +119,9 @@ def write_seg(
         value ``i + 1`` is ``segments[i]`` and 0 is background, or a boolean
         array ``(len(segments), z, y, x)`` for segments that may overlap.
     segments
-        Names from the anatomy catalogue, e.g. ``["liver", "spleen", "kidney"]``.
+        Segment types: registry names (``["liver", "spleen", "kidney"]``) or
+        :class:`~medimg_kernel.anatomy.SegmentType` objects with any codes (a tumour, a
+        vessel, a tracked nodule: ``get_segment_type("nodule").with_tracking("nodule 1")``).
     type_id
         Segmentation type id; SeriesDescription is ``type_id`` (reviewed) or
         ``"model_" + type_id`` (when ``algorithm`` is given). ContentLabel is
@@ -293,16 +295,44 @@ def _segment_names(seg: Dataset) -> tuple[str, ...]:
     numbers = [int(item.SegmentNumber) for item in items]
     if numbers != list(range(1, len(items) + 1)):
         raise SegmentationError(f"SEG {seg.SOPInstanceUID}: SegmentNumbers {numbers} are not 1..{len(items)}")
-    names = []
+    return tuple(entry.name if entry.label_value else str(item.SegmentLabel)
+                 for entry, item in zip(_types_of(items), items, strict=True))
+
+
+def _code(item: Dataset) -> Code:
+    return Code(str(item.CodeValue), str(item.CodingSchemeDesignator), str(item.CodeMeaning))
+
+
+def _types_of(items: Sequence[Dataset]) -> list[SegmentType]:
+    """Each SegmentSequence item as a segment type: the registry's when it knows the codes, else one
+    built from them; tracking id/UID as the item has them."""
+    types = []
     for item in items:
-        category = item.SegmentedPropertyCategoryCodeSequence[0]
         prop = item.SegmentedPropertyTypeCodeSequence[0]
-        entry = find_segment_type(
-            Code(category.CodeValue, category.CodingSchemeDesignator, category.CodeMeaning),
-            Code(prop.CodeValue, prop.CodingSchemeDesignator, prop.CodeMeaning),
-        )
-        names.append(entry.name if entry is not None else str(item.SegmentLabel))
-    return tuple(names)
+        modifiers = prop.get("SegmentedPropertyTypeModifierCodeSequence") or []
+        regions = item.get("AnatomicRegionSequence") or []
+        rgb = None
+        if "RecommendedDisplayCIELabValue" in item:
+            rgb = tuple(int(round(c)) for c in hd.color.CIELabColor.from_dicom_value(
+                [int(v) for v in item.RecommendedDisplayCIELabValue]).to_rgb())
+        entry = segment_type_from_codes(
+            _code(item.SegmentedPropertyCategoryCodeSequence[0]), _code(prop), _code(modifiers[0]) if modifiers else None,
+            label=str(item.get("SegmentLabel", "")), rgb=rgb,  # type: ignore[arg-type]
+            anatomic_region=_code(regions[0]) if regions else None)
+        if "TrackingID" in item or "TrackingUID" in item:
+            entry = replace(entry, tracking_id=str(item.get("TrackingID", "")) or None,
+                            tracking_uid=str(item.get("TrackingUID", "")) or None)
+        types.append(entry)
+    return types
+
+
+def read_seg_types(seg: Dataset) -> tuple[SegmentType, ...]:
+    """The segment types of a SEG in SegmentNumber order, codes preserved: the registry's entry
+    where it knows the codes, otherwise a type built from the SEG's own codes, label and colour
+    (label value 0), so a SEG from another tool keeps what it says."""
+    _require_seg(seg)
+    items = sorted((i for i in seg.SegmentSequence if int(i.SegmentNumber) > 0), key=lambda i: int(i.SegmentNumber))
+    return tuple(_types_of(items))
 
 
 def _content_datetime(seg: Dataset) -> datetime | None:

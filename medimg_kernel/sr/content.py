@@ -16,9 +16,8 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from .. import __version__
-from ..anatomy import find_segment_type, get_segment_type
-from ..errors import MedImgError
-from ..seg import SegInfo
+from ..anatomy import find_segment_type
+from ..seg import SegInfo, read_seg_types
 from ..volume import Volume
 
 __all__ = ["segment_volumes_mm3", "measurement_group", "observation_context", "group_name", "observers"]
@@ -42,20 +41,21 @@ def segment_volumes_mm3(labels: np.ndarray, spacing: tuple[float, float, float],
 def measurement_group(
     seg: Dataset, volume: Volume, info: SegInfo, number: int, name: str, value_mm3: float
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
-    """TID 1411 group: the segment, its finding codes, its volume."""
-    try:
-        entry = get_segment_type(name)
-        category, finding = entry.property_category, entry.property_type
-    except MedImgError:  # a segment written by another tool: use its own codes
-        item = next(s for s in seg.SegmentSequence if int(s.SegmentNumber) == number)
-        category = hd.sr.CodedConcept.from_dataset(item.SegmentedPropertyCategoryCodeSequence[0])
-        finding = hd.sr.CodedConcept.from_dataset(item.SegmentedPropertyTypeCodeSequence[0])
+    """TID 1411 group: the segment, its finding codes (the SEG's own), its finding site, its volume."""
+    entry = read_seg_types(seg)[number - 1]
+    category, finding = entry.property_category, entry.property_type
+    sites = None
+    if entry.anatomic_region is not None:
+        sites = [hd.sr.FindingSite(anatomic_location=entry.anatomic_region,
+                                   laterality=entry.anatomic_region_modifier)]
     algorithm = (
         hd.sr.AlgorithmIdentification(name=info.algorithm.name, version=info.algorithm.version)
         if info.algorithm is not None else None
     )
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"{name} (segment {number})"),
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=entry.tracking_uid or generate_uid(),
+            identifier=f"{name} {entry.tracking_id}" if entry.tracking_id else f"{name} (segment {number})"),
         referenced_segment=hd.sr.ReferencedSegment(
             sop_class_uid=seg.SOPClassUID,
             sop_instance_uid=seg.SOPInstanceUID,
@@ -64,6 +64,7 @@ def measurement_group(
         ),
         finding_category=category,
         finding_type=finding,
+        finding_sites=sites,
         algorithm_id=algorithm,
         measurements=[
             hd.sr.Measurement(name=codes.SCT.Volume, value=value_mm3, unit=codes.UCUM.CubicMillimeter,

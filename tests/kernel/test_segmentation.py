@@ -196,8 +196,8 @@ def test_catalogue_codes_match_pydicom_dictionary():
     assert get_segment_type("spleen").property_type == codes.SCT.Spleen
     assert get_segment_type("kidney").property_type == codes.SCT.Kidney
     assert len({entry.label_value for entry in CATALOGUE.values()}) == len(CATALOGUE)
-    with pytest.raises(UnknownSegmentTypeError, match="knows kidney, liver, spleen") as error:
-        get_segment_type("pancreas")
+    with pytest.raises(UnknownSegmentTypeError, match="knows aorta, bone, cyst") as error:
+        get_segment_type("pancreatic duct")
     assert isinstance(error.value, LookupError) and isinstance(error.value, SegmentationError)
 
 
@@ -209,7 +209,7 @@ def test_catalogue_codes_match_pydicom_dictionary():
         (dict(labels=np.full(SHAPE, -1, np.int16)), "values -1..-1"),
         (dict(labels=np.zeros(SHAPE, np.float32)), "integer label map"),
         (dict(labels=np.zeros((2, *SHAPE), bool)), "mask stack shape"),
-        (dict(segments=["liver", "pancreas", "kidney"]), "unknown segment type 'pancreas'"),
+        (dict(segments=["liver", "pancreatic duct", "kidney"]), "unknown segment type 'pancreatic duct'"),
         (dict(segments=["liver", "liver", "kidney"]), "liver more than once"),
         (dict(segments=[]), "non-empty list"),
         (dict(type_id="model_liver"), "pass the bare type id"),
