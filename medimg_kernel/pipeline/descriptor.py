@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import ParameterError, PipelineError
 from .parameters import ParameterDescriptor, is_identifier
+from .parameters_cell import notebook_parameters
 from .schema import pipeline_fields
 from .stages import StageDescriptor
 
@@ -86,11 +87,25 @@ class PipelineDescriptor:
                     )
 
     def _check_notebooks(self, root: Path) -> None:
+        """Each auto stage's notebook exists and its ``parameters`` cell sets every parameter the stage declares."""
         for i, stage in enumerate(self.stages):
-            if stage.notebook is not None and not (root / stage.notebook).is_file():
+            if stage.notebook is None:
+                continue
+            if not (root / stage.notebook).is_file():
                 raise PipelineError(
                     f"notebook {stage.notebook!r} not found in {root}", field=f"stages[{i}].notebook"
                 )
+            try:
+                names = notebook_parameters(root / stage.notebook)
+            except PipelineError as exc:
+                raise PipelineError(exc.reason, field=f"stages[{i}].notebook") from None
+            for j, param in enumerate(stage.parameters):
+                if param.name not in names:
+                    raise PipelineError(
+                        f"parameter {param.name!r} is not set in {stage.notebook}'s parameters cell (it sets "
+                        f"{', '.join(sorted(names)) or 'nothing'}): add it there or remove it here",
+                        field=f"stages[{i}].parameters[{j}].name",
+                    )
 
     @property
     def parameters(self) -> tuple[ParameterDescriptor, ...]:

@@ -223,3 +223,27 @@ def test_enum_parameters_and_topological_order():
 def test_retry_policy_backoff():
     policy = RetryPolicy(max_attempts=4, backoff_s=10, backoff_factor=3, max_backoff_s=60)
     assert [policy.delay_s(n) for n in (1, 2, 3)] == [10.0, 30.0, 60.0]
+
+
+def test_a_parameter_the_notebook_does_not_set_is_refused(write_pipeline, example_data):
+    """The descriptor's parameters are checked against the stage notebook's ``parameters`` cell."""
+    import json
+
+    example_data["stages"][0]["parameters"].append({"name": "mesage", "type": "string", "default": "x"})
+    with pytest.raises(PipelineError, match="'mesage' is not set in echo.ipynb's parameters cell "
+                                            r"\(it sets message, repeat, series_instance_uid\)") as error:
+        load_pipeline(write_pipeline(example_data))
+    assert error.value.field == "stages[0].parameters[3].name"
+    example_data["stages"][0]["parameters"].pop()
+    root = write_pipeline(example_data)
+    notebook = json.loads((root / "echo.ipynb").read_text())
+    cell = next(c for c in notebook["cells"] if "parameters" in c["metadata"].get("tags", []))
+    cell["metadata"]["tags"] = []
+    (root / "echo.ipynb").write_text(json.dumps(notebook))
+    with pytest.raises(PipelineError, match="has no cell tagged 'parameters'") as error:
+        load_pipeline(root)
+    assert error.value.field == "stages[0].notebook"
+    cell["metadata"]["tags"], cell["source"] = ["parameters"], "message = 'hello\nrepeat = 1\n"
+    (root / "echo.ipynb").write_text(json.dumps(notebook))
+    with pytest.raises(PipelineError, match="parameters cell is not valid Python"):
+        load_pipeline(root)
