@@ -69,11 +69,12 @@ auth_section = getattr(c, authenticator_class.rsplit(".", 1)[1])
 for _trait, _value in authenticator_traits.items():
     setattr(auth_section, _trait, _value)
 c.Authenticator.admin_users = set(hub.admin_users)
+# The platform's own wording of the hub's pages (hub/templates: home, profile choice, errors), then,
+# for the local authenticator, NativeAuthenticator's pages (/hub/signup, /hub/authorize, /hub/change-password).
+c.JupyterHub.template_paths = [str(REPO_ROOT / "hub" / "templates")]
 if hub.authenticator == "local":
-    # NativeAuthenticator's own pages (/hub/signup, /hub/authorize, /hub/change-password).
-    c.JupyterHub.template_paths = [
-        str(Path(importlib.util.find_spec("nativeauthenticator").origin).parent / "templates")
-    ]
+    c.JupyterHub.template_paths.append(
+        str(Path(importlib.util.find_spec("nativeauthenticator").origin).parent / "templates"))
 
 # ---------------------------------------------------------------------------------------------
 # Roles and groups (medimg_hub.hubconf.roles): role groups engineers, residents, attendings,

@@ -219,3 +219,16 @@ def test_the_hubs_log_holds_no_dicom_uids(hub):
     log = Path(hub.log_file).read_text(errors="replace")
     assert "uid:" in log, hub_log_tail(hub)  # the requests were logged, with their UIDs replaced
     assert uid not in log
+
+
+def test_pages_speak_the_platforms_words(hub, admin_token):
+    """The hub's home, profile choice and refusals in words a clinician can act on (#19 item 5)."""
+    engineer = browser(hub, "engineer1")
+    home = engineer.get(f"{hub.url}/hub/home").text
+    assert "Start my workspace" in home and "My Server" not in home
+    form = engineer.get(f"{hub.url}/hub/spawn/engineer1").text
+    assert "Choose how to work" in form and "Server Options" not in form
+    refused = engineer.get(f"{hub.url}/hub/spawn/resident-a")  # another person's server
+    assert refused.status_code == 403
+    assert "You may not open this page" in refused.text and "/user/" not in refused.text.split("<body")[-1]
+    assert "Back to your home page" in refused.text
