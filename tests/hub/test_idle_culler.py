@@ -27,8 +27,7 @@ KERNEL_IDLE_S = 10
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     root = tmp_path_factory.mktemp("culled-hub")
     with running_hub(root, spawner="shared", homes_dir=root / "homes", gpu_devices=("0",),
-                     idle_timeout_s=float(IDLE_TIMEOUT_S), spawn_timeout_s=45,
-                     review=ReviewSettings(dashboard_kernel_idle_s=float(KERNEL_IDLE_S))) as running:
+                     idle_timeout_s=float(IDLE_TIMEOUT_S), spawn_timeout_s=45) as running:
         yield running
 
 
@@ -90,9 +89,20 @@ def _voila_pid() -> int:
     raise AssertionError("no Voila server process")
 
 
-def test_reloading_a_dashboard_leaves_at_most_one_kernel(hub: Hub) -> None:
+@pytest.fixture(scope="module")
+def dashboard_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    """A hub whose idle culler is off (its 10 s would stop the server under test) and whose
+    dashboards' kernels outlive their page KERNEL_IDLE_S."""
+    root = tmp_path_factory.mktemp("dashboard-hub")
+    with running_hub(root, spawner="shared", homes_dir=root / "homes", idle_timeout_s=0.0, spawn_timeout_s=45,
+                     review=ReviewSettings(dashboard_kernel_idle_s=float(KERNEL_IDLE_S))) as running:
+        yield running
+
+
+def test_reloading_a_dashboard_leaves_at_most_one_kernel(dashboard_hub: Hub) -> None:
     """20 loads of the worklist (each runs the dashboard in a new kernel, as a reload does): the
     kernels of pages that are gone are shut down, at most one is left."""
+    hub = dashboard_hub
     resident = HubBrowser(hub)
     assert resident.logged_in(resident.login("resident-a", hub.passwords["resident-a"]))
     admin = HubBrowser(hub)
