@@ -22,7 +22,7 @@ that knows the hub. This service stands in front of it:
   held whole in memory.
 * **As whom.** Each user reaches MLflow with an MLflow account of their own
   (:mod:`medimg_hub.tracking.accounts`): MLflow's permissions confine a dataset's experiments
-  (pipeline jobs, platform training) to that dataset's grantees, kept in step with the grants
+  (its pipeline jobs' runs) to that dataset's grantees, kept in step with the grants
   before each request is forwarded, and runs are credited to the user (``runs/create`` gets the
   hub user as ``user_id`` and ``mlflow.user``). Experiment tags ``medimg.*``, experiment names
   under ``pipeline/`` and the ``mlflow.user`` tag are the platform's: users' requests setting them
@@ -96,7 +96,8 @@ DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {"set-cookie", "server", "www-authentica
 #: Methods that may carry a body.
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: Requests whose (small JSON) body the proxy reads whole and checks before forwarding (REST and
-#: the ``ajax-api`` that MLflow's own pages use): alias moves (POST sets, DELETE deletes), experiment names and tags, and run creation (credited to the caller).
+#: the ``ajax-api`` that MLflow's own pages use): alias moves (POST sets, DELETE deletes),
+#: experiment names and tags, and run creation (credited to the caller).
 INSPECTED_ENDPOINT = re.compile(
     r"(?:ajax-)?api/2\.0/mlflow/(registered-models/alias|experiments/create|experiments/update"
     r"|experiments/set-experiment-tag|runs/create|runs/set-tag)")
