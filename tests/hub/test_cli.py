@@ -22,7 +22,7 @@ def _medimg(*args: str, config: Path | None = None) -> subprocess.CompletedProce
 
 NESTED = [("tasks", "submit"), ("tasks", "list"), ("tasks", "show"), ("tasks", "cancel"), ("tasks", "decide"),
           ("pipelines", "list"), ("fl", "up"), ("fl", "run"), ("fl", "down"), ("datasets", "create"),
-          ("datasets", "grant"), ("datasets", "rule", "add"), ("datasets", "rename")]
+          ("datasets", "grant"), ("datasets", "rule", "add"), ("datasets", "rename"), ("pipelines", "new")]
 
 
 @pytest.mark.parametrize("sub", [None, *SUBCOMMANDS, *NESTED])

@@ -247,3 +247,25 @@ def test_a_parameter_the_notebook_does_not_set_is_refused(write_pipeline, exampl
     (root / "echo.ipynb").write_text(json.dumps(notebook))
     with pytest.raises(PipelineError, match="parameters cell is not valid Python"):
         load_pipeline(root)
+
+
+def test_a_scaffolded_pipeline_loads_and_its_own_test_passes(tmp_path):
+    """``medimg pipelines new``: descriptor, stage notebook and test, valid as written; bad ids refused."""
+    import subprocess
+    import sys
+
+    from medimg_kernel.pipeline.scaffold import scaffold_pipeline
+
+    folder = scaffold_pipeline(tmp_path, "liver-volume", worker_group="segmentation")
+    pipeline = load_pipeline(folder)
+    assert [s.id for s in pipeline.stages] == ["run", "review"] and pipeline.stages[0].worker_group == "segmentation"
+    assert {p.name for p in pipeline.stages[0].parameters} == {"study_instance_uid", "series_instance_uid",
+                                                                "threshold_hu"}
+    ran = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(folder / "test_pipeline.py")],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert ran.returncode == 0 and "2 passed" in ran.stdout, ran.stdout[-2000:] + ran.stderr[-2000:]
+    with pytest.raises(PipelineError, match="exists already"):
+        scaffold_pipeline(tmp_path, "liver-volume")
+    with pytest.raises(PipelineError, match="not a valid pipeline id"):
+        scaffold_pipeline(tmp_path, "Liver Volume")
+    assert not (tmp_path / "Liver Volume").exists()

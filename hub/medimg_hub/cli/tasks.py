@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -25,6 +26,27 @@ def parse_pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
 @click.group()
 def pipelines() -> None:
     """Pipelines: parameterised notebooks run as stages on the task queue."""
+
+
+@pipelines.command("new")
+@click.argument("pipeline_id")
+@click.option("--name", default=None, help="Display name (default: from the id).")
+@click.option("--worker-group", default="default", show_default=True, help="Worker group of its auto stage.")
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="Folder of pipelines (default: [pipelines] root of medimg.toml).")
+@click.pass_obj
+def pipelines_new(settings: Settings, pipeline_id: str, name: str | None, worker_group: str, root: str | None) -> None:
+    """Scaffold pipeline PIPELINE_ID: a descriptor, its stage notebook (with a parameters cell) and a test."""
+    from medimg_kernel.errors import PipelineError
+    from medimg_kernel.pipeline.scaffold import scaffold_pipeline
+
+    folder_root = Path(root) if root else settings.resolve(settings.pipelines.root)
+    try:
+        folder = scaffold_pipeline(folder_root, pipeline_id, name=name, worker_group=worker_group)
+    except PipelineError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"pipeline {pipeline_id} written to {folder}: edit run.ipynb and pipeline.yaml, then run its test:")
+    click.echo(f"  .venv/bin/python -m pytest {folder}/test_pipeline.py")
 
 
 @pipelines.command("list")
