@@ -50,6 +50,8 @@ _LAZY = {
     "SegmentType": "anatomy",
     "get_segment_type": "anatomy",
     "register_segment_type": "anatomy",
+    "read_nifti": "nifti",
+    "write_nifti": "nifti",
     "write_sr": "sr",
     "read_sr": "sr",
     "find_studies": "cohort",
