@@ -158,6 +158,20 @@ class ReviewCase(HasTraits):
         return str(self.item["job_id"])
 
     @property
+    def identity(self) -> dict[str, str]:
+        """What tells a clinician which patient and study this is, from the series' own headers:
+        ``patient_id``, ``accession``, ``study_date`` (YYYY-MM-DD), ``study_description``,
+        ``modality``, ``series_description`` (empty strings when the headers lack them)."""
+        first = self.volume.sources[0] if self.volume.sources else None
+        def get(keyword: str) -> str:
+            return str(first.get(keyword, "") or "") if first is not None else ""
+        date = get("StudyDate")
+        return {"patient_id": get("PatientID"), "accession": get("AccessionNumber"),
+                "study_date": f"{date[:4]}-{date[4:6]}-{date[6:8]}" if len(date) == 8 and date.isdigit() else date,
+                "study_description": get("StudyDescription"), "modality": get("Modality") or self.volume.modality,
+                "series_description": get("SeriesDescription")}
+
+    @property
     def labels(self) -> np.ndarray:
         """The current label map (z, y, x, uint8); do not modify it in place, use :meth:`edit`."""
         return self.editor.labels

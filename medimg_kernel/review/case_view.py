@@ -66,9 +66,15 @@ class CaseView(w.VBox):
             "Your decision is a proposal: an attending finalises it.")
         back = w.Button(description="← Worklist")
         back.on_click(lambda _: self.close_case())
-        text = w.HTML(f"<b>{html.escape(str(item.get('dataset')))}</b> · {html.escape(str(item.get('pipeline_id')))} · "
+        who = case.identity
+        patient = " · ".join(x for x in (
+            f"Patient {who['patient_id']}" if who["patient_id"] else "", f"Acc. {who['accession']}" if who["accession"] else "",
+            who["study_date"], who["modality"], who["study_description"], who["series_description"]) if x)
+        text = w.HTML(f"<b>{html.escape(patient or 'Unknown patient')}</b><br>"
+                      f"{html.escape(str(item.get('dataset')))} · {html.escape(str(item.get('pipeline_id')))} · "
                       f"model {html.escape(str(item.get('model_name')))} v{html.escape(str(item.get('model_version')))}"
                       f" · starting from {html.escape(origin)} · {html.escape(role)}")
+        text.add_class("medimg-case-header")
         return w.HBox([back, text])
 
     def _tools(self) -> w.VBox:

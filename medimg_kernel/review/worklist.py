@@ -1,8 +1,10 @@
 """The worklist: jobs waiting for the reviewer, sorted and filtered, with claims.
 
 The model of the worklist dashboard (no widgets). Rows come from the platform API
-(``GET api/review/worklist``: only datasets the reviewer may review) with the study date added
-from the PACS through the gateway (one QIDO per study, cached).
+(``GET api/review/worklist``: only datasets the reviewer may review) with what identifies the case
+to a clinician added from the PACS through the gateway, within the reviewer's grant: patient ID,
+accession number, study date and description, modality and series description (one study and one
+series QIDO per case, cached).
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ class WorklistRow:
     proposals: tuple[str, ...]
     can_finalise: bool
     item: dict[str, Any]
+    patient_id: str = ""
+    accession: str = ""
+    study_description: str = ""
+    modality: str = ""
+    series_description: str = ""
 
     @property
     def age(self) -> str:
@@ -47,7 +54,8 @@ class WorklistRow:
 
 #: Columns the worklist sorts by (``sort_by`` trait), each with its key (oldest first within a column).
 SORT_KEYS: dict[str, Callable[[WorklistRow], Any]] = {
-    "age": lambda r: -r.age_s, "study date": lambda r: r.study_date, "site": lambda r: (r.dataset, -r.age_s),
+    "age": lambda r: -r.age_s, "study date": lambda r: r.study_date, "patient": lambda r: (r.patient_id, -r.age_s),
+    "site": lambda r: (r.dataset, -r.age_s),
     "pipeline": lambda r: (r.pipeline, -r.age_s), "model": lambda r: (r.model, -r.age_s),
 }
 
@@ -80,7 +88,8 @@ class WorklistModel(HasTraits):
                  now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
         super().__init__()
         self.api, self.dicomweb, self.user, self._now = api, dicomweb, user, now
-        self._study_dates: dict[str, str] = {}
+        self._studies: dict[str, dict[str, str]] = {}
+        self._series: dict[str, dict[str, str]] = {}
 
     def refresh(self) -> None:
         """Fetch the worklist again (claims and proposals change under us)."""
@@ -90,9 +99,14 @@ class WorklistModel(HasTraits):
         for item in items:
             claim = item.get("claim") or {}
             model = f"{item.get('model_name') or '?'} v{item.get('model_version') or '?'}"
+            study = self._study_of(str(item.get("study_instance_uid") or ""))
+            series = self._series_of(str(item.get("study_instance_uid") or ""), str(item.get("series_instance_uid") or ""))
             rows.append(WorklistRow(
                 job_id=str(item["job_id"]), dataset=str(item.get("dataset") or ""),
-                study_date=self._date_of(str(item.get("study_instance_uid") or "")),
+                study_date=study.get("date", ""), patient_id=study.get("patient_id", ""),
+                accession=study.get("accession", ""), study_description=study.get("description", ""),
+                modality=series.get("modality", "") or study.get("modalities", ""),
+                series_description=series.get("description", ""),
                 pipeline=f"{item.get('pipeline_id')} {item.get('pipeline_version') or ''}".strip(), model=model,
                 age_s=max(0.0, (now - _parse_time(str(item["waiting_since"]))).total_seconds()),
                 claimed_by=claim.get("actor"), can_finalise=bool(item.get("can_finalise")),
@@ -102,19 +116,44 @@ class WorklistModel(HasTraits):
         self.rows = rows
         self.message = f"{len(rows)} case{'s' if len(rows) != 1 else ''} waiting for review"
 
-    def _date_of(self, study: str) -> str:
+    def _study_of(self, study: str) -> dict[str, str]:
+        """Date, patient ID, accession number, description and modalities of a study (cached)."""
         if not study or self.dicomweb is None:
-            return ""
-        if study not in self._study_dates:
+            return {}
+        if study not in self._studies:
             try:
-                found = self.dicomweb.search_for_studies(search_filters={"StudyInstanceUID": study},
-                                                         fields=["StudyDate"])
-                value = first_value(found[0], "00080020") if found else ""
+                found = self.dicomweb.search_for_studies(
+                    search_filters={"StudyInstanceUID": study},
+                    fields=["StudyDate", "PatientID", "AccessionNumber", "StudyDescription", "ModalitiesInStudy"])
             except DICOMwebError as exc:
-                log.warning("study date lookup failed: %s", type(exc).__name__)
-                return ""
-            self._study_dates[study] = _study_date(value)
-        return self._study_dates[study]
+                log.warning("study lookup failed: %s", type(exc).__name__)
+                return {}
+            item = found[0] if found else {}
+            modalities = (item.get("00080061") or {}).get("Value") or []
+            self._studies[study] = {
+                "date": _study_date(str(first_value(item, "00080020", "") or "")),
+                "patient_id": str(first_value(item, "00100020", "") or ""),
+                "accession": str(first_value(item, "00080050", "") or ""),
+                "description": str(first_value(item, "00081030", "") or ""),
+                "modalities": "/".join(str(m) for m in modalities)}
+        return self._studies[study]
+
+    def _series_of(self, study: str, series: str) -> dict[str, str]:
+        """Modality and description of the reviewed series (cached)."""
+        if not study or not series or self.dicomweb is None:
+            return {}
+        if series not in self._series:
+            try:
+                found = self.dicomweb.search_for_series(
+                    search_filters={"StudyInstanceUID": study, "SeriesInstanceUID": series},
+                    fields=["Modality", "SeriesDescription"])
+            except DICOMwebError as exc:
+                log.warning("series lookup failed: %s", type(exc).__name__)
+                return {}
+            item = found[0] if found else {}
+            self._series[series] = {"modality": str(first_value(item, "00080060", "") or ""),
+                                    "description": str(first_value(item, "0008103E", "") or "")}
+        return self._series[series]
 
     def sites(self) -> list[str]:
         return sorted({r.dataset for r in self.rows})
@@ -123,7 +162,8 @@ class WorklistModel(HasTraits):
         """Rows after the site and text filters, in ``sort_by`` order."""
         text = self.text.strip().lower()
         rows = [r for r in self.rows if (not self.site or r.dataset == self.site)
-                and (not text or text in f"{r.pipeline} {r.model} {r.dataset}".lower())]
+                and (not text or text in f"{r.pipeline} {r.model} {r.dataset} {r.patient_id} {r.accession} "
+                                         f"{r.study_description} {r.series_description}".lower())]
         return sorted(rows, key=SORT_KEYS.get(self.sort_by, SORT_KEYS["age"]))
 
     def claim(self, job_id: str, *, force: bool = False) -> dict[str, Any]:

@@ -14,8 +14,8 @@ import ipywidgets as w
 from .worklist import SORT_KEYS, WorklistModel, WorklistRow
 
 #: Column titles and widths of the table.
-COLUMNS = (("Site", "120px"), ("Study date", "110px"), ("Pipeline", "190px"), ("Model", "190px"),
-           ("Waiting", "80px"), ("Status", "260px"), ("", "90px"))
+COLUMNS = (("Patient", "110px"), ("Accession", "110px"), ("Study date", "100px"), ("Study", "230px"),
+           ("Site", "90px"), ("Model", "170px"), ("Waiting", "70px"), ("Status", "200px"), ("", "80px"))
 
 
 def _cell(text: str, width: str, *, title: str = "") -> w.HTML:
@@ -28,7 +28,7 @@ class WorklistView(w.VBox):
     def __init__(self, model: WorklistModel, on_open: Callable[[str], None]) -> None:
         self.model, self._on_open = model, on_open
         self.site = w.Dropdown(description="Site", options=[("all", "")], layout=w.Layout(width="220px"))
-        self.text = w.Text(placeholder="filter pipeline, model, site", layout=w.Layout(width="260px"))
+        self.text = w.Text(placeholder="filter patient, accession, study, model", layout=w.Layout(width="280px"))
         self.sort = w.Dropdown(description="Sort by", options=list(SORT_KEYS), value=model.sort_by,
                                layout=w.Layout(width="220px"))
         self.refresh_button = w.Button(description="Refresh", icon="refresh", layout=w.Layout(width="100px"))
@@ -67,9 +67,11 @@ class WorklistView(w.VBox):
         opened = w.Button(description="Open", button_style="primary", layout=w.Layout(width=COLUMNS[-1][1]))
         opened.add_class("medimg-open-case")
         opened.on_click(lambda _, job=row.job_id: self._on_open(job))
-        cells = [_cell(row.dataset, COLUMNS[0][1]), _cell(row.study_date or "—", COLUMNS[1][1]),
-                 _cell(row.pipeline, COLUMNS[2][1]), _cell(row.model, COLUMNS[3][1]),
-                 _cell(row.age, COLUMNS[4][1]), _cell("; ".join(status) or "open", COLUMNS[5][1]), opened]
+        study = " · ".join(x for x in (row.modality, row.study_description, row.series_description) if x) or "—"
+        cells = [_cell(row.patient_id or "—", COLUMNS[0][1]), _cell(row.accession or "—", COLUMNS[1][1]),
+                 _cell(row.study_date or "—", COLUMNS[2][1]), _cell(study, COLUMNS[3][1], title=row.pipeline),
+                 _cell(row.dataset, COLUMNS[4][1]), _cell(row.model, COLUMNS[5][1]),
+                 _cell(row.age, COLUMNS[6][1]), _cell("; ".join(status) or "open", COLUMNS[7][1]), opened]
         box = w.HBox(cells)
         box.add_class("medimg-worklist-row")
         return box

@@ -114,6 +114,8 @@ def test_opens_on_the_model_labels_then_resumes_from_the_draft(pacs):
     case = ReviewCase.open(api, client, api.item, reviewer="alan")
     assert np.array_equal(case.labels, labels) and not case.changed and case.origin == "model"
     assert case.segments == tuple(SEGMENTS)
+    source = case.volume.sources[0]
+    assert case.identity["patient_id"] == str(source.PatientID) and case.identity["modality"] == "CT"
     paint(case)
     assert case.changed and case.dirty and case.can_undo
     edited = case.labels.copy()
@@ -255,7 +257,13 @@ def test_worklist_sorts_filters_and_reports_claims(pacs):
     model = WorklistModel(api, client, now=lambda: now)
     model.refresh()
     assert [r.age for r in model.visible()] == ["4h 0m", "1h 0m"]  # oldest first
-    assert model.visible()[0].study_date.count("-") == 2 or model.visible()[0].study_date == ""
+    first = model.visible()[0]
+    assert first.study_date.count("-") == 2 or first.study_date == ""
+    # what identifies the case to a clinician, from the PACS
+    assert first.patient_id and first.modality == "CT" and first.patient_id in {r.patient_id for r in model.rows}
+    model.text = first.patient_id.lower()
+    assert [r.job_id for r in model.visible()] == [r.job_id for r in model.rows]  # both rows are this patient's
+    model.text = ""
     model.site = "site-b"
     assert [r.dataset for r in model.visible()] == ["site-b"] and model.visible()[0].claimed_by == "rita"
     model.site, model.text = "", "v5"
