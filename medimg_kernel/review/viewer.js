@@ -125,7 +125,7 @@ function render({ model, el: root }) {
     image: null, labels: null, complete: false, loadId: -1, shape: [0, 0, 0], spacing: [1, 1, 1],
     cursor: [0, 0, 0], window: model.get("window"), level: model.get("level"),
     grayLut: new Uint32Array(65536), segRgb: new Int32Array(256 * 3), segOn: new Uint8Array(256),
-    alpha256: 128, pendingStamps: [], drawQueued: false, firstPending: false,
+    segAlpha: new Int32Array(256), segName: [], alpha256: 128, pendingStamps: [], drawQueued: false, firstPending: false,
     hover: null, focus: "axial", drag: null, stroke: null, cursorTimer: null,
   };
   const views = {};
@@ -161,11 +161,16 @@ function render({ model, el: root }) {
   }
   function rebuildSegments() {
     st.segOn.fill(0);
+    st.segName = [];
     st.alpha256 = Math.round(Math.max(0, Math.min(1, model.get("opacity"))) * 256);
     for (const seg of model.get("segments") || []) {
       const [r, g, b] = hexToRgb(seg.color || "#ff00ff");
       st.segRgb.set([r, g, b], seg.value * 3);
       st.segOn[seg.value] = seg.visible === false ? 0 : 1;
+      // a segment's own opacity (0-1, default 1) scales the overlay's
+      const own = seg.opacity === undefined ? 1 : Math.max(0, Math.min(1, seg.opacity));
+      st.segAlpha[seg.value] = Math.round(st.alpha256 * own);
+      st.segName[seg.value] = seg.label;
     }
   }
 
@@ -234,7 +239,8 @@ function render({ model, el: root }) {
     }
     const [origin, rs, cs] = sliceStrides(v.name, Math.min(s, n - 1), st.shape);
     const img = st.image, lab = st.labels, lut = st.grayLut, px = v.px;
-    const on = st.segOn, rgb = st.segRgb, a = st.alpha256, ia = 256 - a;
+    const on = st.segOn, rgb = st.segRgb, alpha = st.segAlpha;
+    const outline = model.get("overlay_mode") === "outline";
     let k = 0;
     for (let r = 0; r < rows; r++) {
       let idx = origin + r * rs;
@@ -242,7 +248,14 @@ function render({ model, el: root }) {
         const L = lab ? lab[idx] : 0;
         const gray = lut[img[idx] + 32768];
         if (L && on[L]) {
-          const g = gray & 255;
+          if (outline) {
+            // the segment's edge in this plane, opaque: a voxel with a 4-neighbour of another label
+            const edge = r === 0 || c === 0 || r === rows - 1 || c === cols - 1 || lab[idx - rs] !== L
+              || lab[idx + rs] !== L || lab[idx - cs] !== L || lab[idx + cs] !== L;
+            px[k] = edge ? 0xff000000 | (rgb[L * 3 + 2] << 16) | (rgb[L * 3 + 1] << 8) | rgb[L * 3] : gray;
+            continue;
+          }
+          const a = alpha[L], ia = 256 - a, g = gray & 255;
           const R = (g * ia + rgb[L * 3] * a) >> 8, G = (g * ia + rgb[L * 3 + 1] * a) >> 8, B = (g * ia + rgb[L * 3 + 2] * a) >> 8;
           px[k] = 0xff000000 | (B << 16) | (G << 8) | R;
         } else px[k] = gray;
@@ -311,7 +324,7 @@ function render({ model, el: root }) {
       if (z >= 0 && y >= 0 && x >= 0 && z < st.shape[0] && y < st.shape[1] && x < st.shape[2]) {
         const idx = (z * st.shape[1] + y) * st.shape[2] + x;
         const L = st.labels ? st.labels[idx] : 0;
-        text += ` · voxel z ${z} y ${y} x ${x} · ${st.image[idx]} HU` + (L ? ` · label ${L}` : "");
+        text += ` · voxel z ${z} y ${y} x ${x} · ${st.image[idx]} HU` + (L ? ` · ${st.segName[L] || "label " + L}` : "");
       }
     }
     status.textContent = `${text} · W ${Math.round(st.window)} L ${Math.round(st.level)}`;
@@ -508,6 +521,10 @@ function render({ model, el: root }) {
     const radius = el("input", { className: "medimg-viewer-radius", type: "number", min: "0", max: "50", title: "brush radius (voxels)" }, toolbar);
     radius.value = model.get("brush_radius");
     radius.onchange = () => { model.set("brush_radius", Math.max(0, Math.min(50, parseInt(radius.value, 10) || 0))); model.save_changes(); };
+    const mode = el("button", { className: "medimg-viewer-outline", type: "button",
+      text: model.get("overlay_mode") === "outline" ? "show filled" : "show outlines",
+      title: "show the segments filled or as their outlines" }, toolbar);
+    mode.onclick = () => { model.set("overlay_mode", model.get("overlay_mode") === "outline" ? "fill" : "outline"); model.save_changes(); };
     const opacity = el("input", { className: "medimg-viewer-opacity", type: "range", min: "0", max: "1", step: "0.05", title: "overlay opacity" }, toolbar);
     opacity.value = model.get("opacity");
     opacity.oninput = () => { model.set("opacity", parseFloat(opacity.value)); model.save_changes(); };
@@ -531,7 +548,7 @@ function render({ model, el: root }) {
   const on = (ev, fn) => { model.on(ev, fn); cleanups.push(() => model.off(ev, fn)); };
   on("change:_load_id", () => { rebuildSegments(); load(); });
   on("change:window change:level", () => { st.window = model.get("window"); st.level = model.get("level"); rebuildLut(); markStale(); requestDraw(); });
-  on("change:segments change:opacity", () => { rebuildSegments(); buildToolbar(); markStale(); requestDraw(); });
+  on("change:segments change:opacity change:overlay_mode", () => { rebuildSegments(); buildToolbar(); markStale(); requestDraw(); });
   on("change:tool change:brush_radius change:active_segment change:window_presets", () => { buildToolbar(); requestDraw(); });
   on("change:view_height", resize);
   on("change:cursor", () => {

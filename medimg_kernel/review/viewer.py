@@ -63,8 +63,12 @@ class SliceViewer(anywidget.AnyWidget):
                     help="(nz, ny, nx) of the volume shown (read-only; set by show()).").tag(sync=True)
     spacing = t.Tuple(t.Float(), t.Float(), t.Float(), default_value=(1.0, 1.0, 1.0),
                       help="(dz, dy, dx) voxel size in mm; sets the aspect of each view.").tag(sync=True)
-    segments = t.List(t.Dict(), help="[{value, label, color '#rrggbb', visible}, ...] overlaid segments.").tag(sync=True)
-    opacity = t.Float(0.5, min=0.0, max=1.0, help="Opacity of the segmentation overlay, 0-1.").tag(sync=True)
+    segments = t.List(t.Dict(), help="[{value, label, color '#rrggbb', visible, opacity 0-1 (default 1)}, ...] "
+                                     "overlaid segments.").tag(sync=True)
+    opacity = t.Float(0.5, min=0.0, max=1.0, help="Opacity of the segmentation overlay, 0-1 (times each "
+                                                    "segment's own).").tag(sync=True)
+    overlay_mode = t.Enum(("fill", "outline"), "fill",
+                          help="Segments filled (blended at their opacity) or drawn as their in-plane outline.").tag(sync=True)
     window = t.Float(400.0, help="Window width in HU.").tag(sync=True)
     level = t.Float(40.0, help="Window level (centre) in HU.").tag(sync=True)
     window_presets = t.Dict({k: list(v) for k, v in WINDOW_PRESETS.items()}).tag(sync=True)

@@ -33,6 +33,17 @@ NOTEBOOK = FIXTURE_DASHBOARDS / "viewer_demo.ipynb"
 SANITY_P95_MS = 150.0
 
 
+#: The demo's liver colour (#e6194b), and a count of canvas pixels of exactly one colour.
+LIVER_RGB = (0xE6, 0x19, 0x4B)
+COUNT_JS = ("(c, rgb) => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0; "
+            "for (let i = 0; i < d.length; i += 4) if (d[i] === rgb[0] && d[i + 1] === rgb[1] && d[i + 2] === rgb[2]) n++; "
+            "return n; }")
+
+
+def exact_colour_pixels(page: Page, rgb: tuple[int, int, int]) -> int:
+    return int(page.locator('canvas[data-view="axial"]').evaluate(f"(c, rgb) => ({COUNT_JS})(c, rgb)", list(rgb)))
+
+
 def label_counts(page: Page) -> dict[str, int]:
     return json.loads(page.locator(".medimg-demo-label-counts").inner_text())
 
@@ -49,6 +60,20 @@ def test_viewer_offline_scroll_and_paint(page: Page, voila_server: Callable[[Pat
         assert canvas.evaluate("c => c.width > 100 && c.height > 100"), f"{view} canvas has no size"
     status = page.locator(".medimg-viewer-status").inner_text()
     assert "axial 101/200" in status, status
+
+    # outline / fill (#19 item 2): outlines are drawn in the segment's own colour, opaque; filled
+    # segments are blended with the image at the overlay's opacity, so that colour appears nowhere
+    assert exact_colour_pixels(page, LIVER_RGB) == 0
+    page.locator(".medimg-viewer-outline").click()
+    page.wait_for_function(f"() => ({COUNT_JS})(document.querySelector('canvas[data-view=\"axial\"]'), "
+                           f"{list(LIVER_RGB)}) > 0", timeout=30_000)
+    outline = exact_colour_pixels(page, LIVER_RGB)
+    save_screenshot(page, "viewer_demo_outline")
+    page.locator(".medimg-viewer-outline").click()
+    page.wait_for_function(f"() => ({COUNT_JS})(document.querySelector('canvas[data-view=\"axial\"]'), "
+                           f"{list(LIVER_RGB)}) === 0", timeout=30_000)
+    assert outline > 20, outline
+    save_screenshot(page, "viewer_demo_fill")
 
     scroll_slices(page, "axial", wheel=30, keys=30)
     stats = slice_stats(page)
