@@ -164,5 +164,8 @@ class CaseView(w.VBox):
 
         rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{ml(model.get(name))}</td><td>{ml(current[name])}</td>"
                        f"<td>{dice[name]:.3f}</td></tr>" for name in self.case.segments)
-        self.volumes.value = ("<table class='medimg-volumes'><tr><th>segment</th><th>model SR mL</th>"
-                              f"<th>now mL</th><th>Dice</th></tr>{rows}</table>")
+        self.volumes.value = ("<table class='medimg-volumes'><tr><th>Segment</th><th title='volume the AI model "
+                              "reported, in millilitres'>AI result (mL)</th><th title='volume with your edits, in "
+                              "millilitres'>Now (mL)</th><th title='overlap of your version with the AI result "
+                              "(1 = unchanged)'>Agreement (Dice)</th></tr>"
+                              f"{rows}</table>")
