@@ -137,11 +137,21 @@ def external_requests(urls: list[str]) -> list[str]:
             and urlparse(u).hostname not in ("127.0.0.1", "localhost")]
 
 
+#: Screenshots the role guides (docs/guides) show: the browser tests write them there too, so a
+#: run of the tests brings the guides' pictures up to date (commit them with the change they show).
+GUIDE_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "guides" / "img"
+GUIDE_SHOTS = frozenset({"review-1-worklist-resident", "review-2-case-resident", "review-3-proposed",
+                         "review-4-finalised", "review-5-statistics", "datasets-admin-granted", "viewer_demo_outline"})
+
+
 def save_screenshot(page: Page, name: str) -> Path:
-    """Save a full-page screenshot as ``tests/artifacts/<name>.png``."""
+    """Save a full-page screenshot as ``tests/artifacts/<name>.png`` (and in docs/guides/img for a guide's)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
+    if name in GUIDE_SHOTS:
+        GUIDE_IMAGES.mkdir(parents=True, exist_ok=True)
+        (GUIDE_IMAGES / path.name).write_bytes(path.read_bytes())
     return path
 
 
