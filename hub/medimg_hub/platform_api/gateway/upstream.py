@@ -97,11 +97,20 @@ class Orthanc:
         return f"{self.dicomweb_url}/{path}" + (f"?{query}" if query else "")
 
     def _get(self, path: str, query: str, headers: Mapping[str, str]) -> Buffered:
-        try:
-            response = self._session().get(self._url(path, query), headers=dict(headers), timeout=TIMEOUT_S)
-        except requests.RequestException as exc:
-            raise UpstreamError(f"GET {path}: {type(exc).__name__}") from None
-        return Buffered(response.status_code, _passed(response), response.content)
+        """One GET; a connection the PACS dropped (a pooled keep-alive connection it had closed,
+        seen under load) is retried once on a fresh connection: a GET is idempotent."""
+        for attempt in (1, 2):
+            try:
+                response = self._session().get(self._url(path, query), headers=dict(headers), timeout=TIMEOUT_S)
+                return Buffered(response.status_code, _passed(response), response.content)
+            except requests.ConnectionError as exc:
+                if attempt == 2:
+                    raise UpstreamError(f"GET {path}: {type(exc).__name__}") from None
+                log.info("the PACS dropped a connection (%s); retrying the GET once on a new one", type(exc).__name__)
+                self._session().close()  # its pooled connections may all be stale
+            except requests.RequestException as exc:
+                raise UpstreamError(f"GET {path}: {type(exc).__name__}") from None
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def get(self, path: str, query: str = "", headers: Mapping[str, str] | None = None) -> Buffered:
         """GET a small resource (QIDO-RS) and return it whole."""
