@@ -14,7 +14,6 @@ admin page and the CLI.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from medimg_hub.datasets.administration import DatasetAdminError
@@ -24,7 +23,7 @@ _NAME = r"([A-Za-z0-9][A-Za-z0-9._-]{0,63})"
 
 
 class DatasetsHandler(PlatformHandler):
-    """Base: admins only, JSON bodies, :class:`DatasetAdminError` as a clear answer."""
+    """Base: admins only, :class:`DatasetAdminError` as a clear answer."""
 
     action = "dataset.admin"
 
@@ -32,15 +31,6 @@ class DatasetsHandler(PlatformHandler):
         await super().prepare()
         if not self.user.admin:
             self.refuse(403, "datasets are administered by hub admins")
-
-    def body(self) -> dict[str, Any]:
-        try:
-            value = json.loads(self.request.body or b"{}")
-        except ValueError:
-            self.refuse(400, "body is not JSON")
-        if not isinstance(value, dict):
-            self.refuse(400, "body must be a JSON object")
-        return value
 
     async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run an operation in a thread as this admin; a refusal answers its status with the reason."""

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -23,16 +22,7 @@ _ID = r"([0-9a-f-]{36})"
 
 
 class TasksHandler(PlatformHandler):
-    """Base of the tasks handlers: JSON bodies and error mapping."""
-
-    def body(self) -> dict[str, Any]:
-        try:
-            value = json.loads(self.request.body or b"{}")
-        except ValueError:
-            self.refuse(400, "body is not JSON")
-        if not isinstance(value, dict):
-            self.refuse(400, "body must be a JSON object")
-        return value
+    """Base of the tasks handlers: error mapping (JSON bodies: :meth:`PlatformHandler.body`)."""
 
     async def call(self, fn: Any, *args: Any) -> Any:
         """Run a :class:`TaskAccess` operation in a thread, turning refusals into fixed-body errors."""

@@ -135,6 +135,16 @@ class PlatformHandler(RequestHandler):
         self.write_json(body)
         raise Finish()
 
+    def body(self) -> dict[str, Any]:
+        """The request's JSON object body (empty: ``{}``); a 400 naming the problem otherwise."""
+        try:
+            value = json.loads(self.request.body or b"{}")
+        except ValueError:
+            self.refuse(400, "body is not JSON")
+        if not isinstance(value, dict):
+            self.refuse(400, "body must be a JSON object")
+        return value
+
     def write_json(self, value: Any) -> None:
         self.set_header("Content-Type", "application/json")
         self.write(json.dumps(value, default=str).encode())

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 from medimg_kernel.errors import ConfigurationError
 
+from medimg_hub.settings.remotes import check_service
+
 #: Kinds of ``[[destinations]]``: a DICOMweb service (STOW-RS) or a DICOM node (C-STORE).
 DESTINATION_KINDS = ("dicomweb", "dicom")
-_AUTH = ("none", "basic", "bearer", "client-certificate")
 _AET = re.compile(r"[\x20-\x7e]{1,16}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -122,12 +123,7 @@ def _check_destination(i: int, dest: DestinationSettings) -> None:
         raise ConfigurationError(f"{where}: kind={dest.kind!r} must be one of {DESTINATION_KINDS}")
     _check_retry(where, dest)
     if dest.kind == "dicomweb":
-        if not dest.url.startswith(("http://", "https://")):
-            raise ConfigurationError(f"{where}: url={dest.url!r} must be an http(s) DICOMweb base URL")
-        if dest.auth not in _AUTH:
-            raise ConfigurationError(f"{where}: auth={dest.auth!r} must be one of {_AUTH}")
-        if dest.auth in ("basic", "bearer") and not dest.credentials_file:
-            raise ConfigurationError(f"{where}: auth={dest.auth!r} needs credentials_file")
+        check_service(where, dest)
         if dest.auth == "client-certificate" and not (dest.client_certificate and dest.client_key):
             raise ConfigurationError(f"{where}: auth='client-certificate' needs client_certificate and client_key")
         return

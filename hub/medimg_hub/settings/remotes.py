@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from medimg_kernel.errors import ConfigurationError
 
@@ -24,6 +25,22 @@ class RemoteSettings:
     ca_file: str = ""
 
 
+#: How the platform authenticates to a DICOMweb service by URL (``[pacs]``, ``[[remotes]]``, ``[[destinations]]``).
+SERVICE_AUTH = ("none", "basic", "bearer", "client-certificate")
+
+
+def check_service(where: str, service: Any) -> None:
+    """Refuse a DICOMweb service table (``url``, ``auth``, ``credentials_file``) that cannot work;
+    ``where`` names it in the message."""
+    if not service.url.startswith(("http://", "https://")):
+        raise ConfigurationError(f"{where}: url={service.url!r} must be an http(s) DICOMweb base URL")
+    if service.auth not in SERVICE_AUTH:
+        raise ConfigurationError(f"{where}: auth={service.auth!r} must be 'none', 'basic', 'bearer' "
+                                 "or 'client-certificate'")
+    if service.auth in ("basic", "bearer") and not service.credentials_file:
+        raise ConfigurationError(f"{where}: auth={service.auth!r} needs credentials_file")
+
+
 def validate_remotes(remotes: tuple[RemoteSettings, ...]) -> None:
     """Refuse ``[[remotes]]`` that cannot work, naming the table."""
     names = [r.name for r in remotes]
@@ -31,15 +48,9 @@ def validate_remotes(remotes: tuple[RemoteSettings, ...]) -> None:
         where = f"[[remotes]] number {i + 1}"
         if not remote.name:
             raise ConfigurationError(f"{where} has no name")
-        if not remote.url.startswith(("http://", "https://")):
-            raise ConfigurationError(f"{where} ({remote.name}): url={remote.url!r} must be an http(s) DICOMweb base URL")
-        if remote.auth not in ("none", "basic", "bearer", "client-certificate"):
-            raise ConfigurationError(f"{where} ({remote.name}): auth={remote.auth!r} must be 'none', 'basic', 'bearer' "
-                                     "or 'client-certificate'")
-        if remote.auth in ("basic", "bearer") and not remote.credentials_file:
-            raise ConfigurationError(f"{where} ({remote.name}): auth={remote.auth!r} needs credentials_file")
+        check_service(f"{where} ({remote.name})", remote)
     if len(set(names)) != len(names):
         raise ConfigurationError(f"[[remotes]] names must be unique: {names}")
 
 
-__all__ = ["RemoteSettings", "validate_remotes"]
+__all__ = ["SERVICE_AUTH", "RemoteSettings", "check_service", "validate_remotes"]

@@ -295,5 +295,4 @@ def rename_dataset_experiments(api: AdminApi, old: str, new: str) -> int:
 
 __all__ = ["DATASET_TAG", "RESERVED_TAG_PREFIX", "RESERVED_EXPERIMENT_PREFIXES", "AdminApi", "MlflowAccounts",
            "TrackingAccessError", "confine_experiment", "dataset_experiment", "datasets_of", "rename_dataset_experiments",
-           "reserved_experiment_name",
-           "user_password"]
+           "reserved_experiment_name", "user_password"]
