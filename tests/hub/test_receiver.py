@@ -12,9 +12,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pydicom
+import pydicom.filewriter
 import pytest
 from click.testing import CliRunner
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import BasicTextSRStorage, CTImageStorage  # type: ignore[attr-defined]
 
@@ -207,3 +210,57 @@ def _volume():
 
 def _patient(patient_id: str, institution: str) -> SyntheticPatient:
     return SyntheticPatient(patient_id, f"RECEIVER^{patient_id}", generate_uid(), institution_name=institution)
+
+
+def test_an_implicit_vr_instance_is_routed_by_its_header_and_stored_as_received(site):
+    """Routing reads the header of the bytes as received (here implicit VR, a rule on Modality);
+    the spool file is those bytes behind a file meta group naming their transfer syntax."""
+    ae = AE(ae_title="CT01")
+    ae.add_requested_context(CTImageStorage, ImplicitVRLittleEndian)
+    series = small_ct_series(seed=77)
+    assoc = ae.associate("127.0.0.1", site.port, ae_title="MEDIMG")
+    assert assoc.is_established
+    statuses = [assoc.send_c_store(ds) for ds in series]
+    assoc.release()
+    assert all(s.Status == 0x0000 for s in statuses), statuses
+    study = str(series[0].StudyInstanceUID)
+    _wait_in_pacs(site.pacs.client(), study, len(series))
+    assert site.dataset_of(study) == "ct-research"  # CT01 + Modality=CT
+    stored = site.pacs.client().retrieve_instance(study, str(series[2].SeriesInstanceUID), str(series[2].SOPInstanceUID))
+    assert stored.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+    assert np.array_equal(stored.pixel_array, series[2].pixel_array)
+
+
+def test_the_file_meta_group_is_what_pydicom_writes(tmp_path):
+    """part10_header is byte for byte pydicom's (and pynetdicom's) File Meta Information, odd-length
+    values padded; the file it starts reads back whole."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.filebase import DicomBytesIO
+    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+
+    from medimg_hub.pacs.receiver import part10_header
+
+    ds = small_ct_series(seed=78)[0]
+    for aet in ("CT01", "ODD", ""):
+        meta = FileMetaDataset()
+        meta.FileMetaInformationVersion = b"\x00\x01"
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.ImplementationClassUID = PYNETDICOM_IMPLEMENTATION_UID
+        meta.ImplementationVersionName = PYNETDICOM_IMPLEMENTATION_VERSION
+        if aet:
+            meta.SourceApplicationEntityTitle = aet
+        expected = DicomBytesIO()
+        expected.is_little_endian, expected.is_implicit_VR = True, False
+        write_file_meta_info(expected, meta)
+        header = part10_header(str(ds.SOPClassUID), str(ds.SOPInstanceUID), ExplicitVRLittleEndian, aet)
+        assert header == b"\x00" * 128 + b"DICM" + expected.getvalue()
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    pydicom.filewriter.write_dataset(body, ds)
+    path = tmp_path / "instance.dcm"
+    path.write_bytes(header + body.getvalue())
+    back = pydicom.dcmread(path)
+    assert back.SOPInstanceUID == ds.SOPInstanceUID and np.array_equal(back.pixel_array, ds.pixel_array)

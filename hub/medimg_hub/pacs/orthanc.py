@@ -106,6 +106,8 @@ class OrthancServer:
             "DicomAet": pacs.aet,
             "DicomCheckCalledAet": True,
             "DicomModalities": {},
+            # the most Orthanc allows: fewer PDUs per instance (the platform's receiver takes the same)
+            "MaximumPduLength": 131072,
             "ExecuteLuaEnabled": False,
             "WebDavEnabled": False,
             "RestApiWriteToFileSystemEnabled": False,

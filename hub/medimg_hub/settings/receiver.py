@@ -37,6 +37,9 @@ class ReceiverSettings:
     default_dataset: str = ""
     #: Seconds between looks at the spool for instances to store in the PACS.
     forward_interval_s: float = 0.5
+    #: Largest P-DATA PDU senders may send (bytes; 0 = no limit). Larger PDUs mean fewer to decode per
+    #: instance; 131072 is the most dcmtk sends and Orthanc accepts (its MaximumPduLength range).
+    max_pdu_bytes: int = 131072
 
     def sender_list(self) -> list[tuple[str, str]]:
         """``senders`` as ``(AE title, host)`` pairs."""
@@ -69,6 +72,9 @@ def validate_receiver(receiver: ReceiverSettings, routes: tuple[RouteSettings, .
     """Refuse a ``[receiver]`` / ``[[routes]]`` configuration that cannot work, naming the key."""
     if not 0 <= receiver.port <= 65535:
         raise ConfigurationError(f"[receiver] port={receiver.port} is not a valid TCP port")
+    if receiver.max_pdu_bytes != 0 and not 4096 <= receiver.max_pdu_bytes <= 2**32 - 1:
+        raise ConfigurationError(f"[receiver] max_pdu_bytes={receiver.max_pdu_bytes} must be 0 (no limit) or at "
+                                 "least 4096")
     if not _AET.fullmatch(receiver.aet) or receiver.aet != receiver.aet.strip():
         raise ConfigurationError(f"[receiver] aet={receiver.aet!r} must be 1-16 printable characters, no spaces around")
     for sender in receiver.senders:
