@@ -9,7 +9,7 @@
 
 Modules here import from each other only in that direction (``read`` → ``headers`` / ``geometry`` /
 ``pixels`` → ``instance``) and, outside this package, only :mod:`medimg_kernel.errors`,
-:mod:`medimg_kernel.volume` and :mod:`medimg_kernel.dicomweb`; never :mod:`medimg_hub`.
+:mod:`medimg_kernel.volume`, :mod:`medimg_kernel.collector` and :mod:`medimg_kernel.dicomweb`; never :mod:`medimg_hub`.
 """
 
 from .geometry import GAP_FACTOR, INPLANE_RTOL, ORIENTATION_ATOL, POSITION_ATOL_MM, SPACING_RTOL
