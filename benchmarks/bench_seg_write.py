@@ -12,8 +12,8 @@ Both sides get the same inputs, from the same files: the 200 source CT files and
 as NRRD (written once with SimpleITK, LPS geometry).
 
 * Ours (the value): in this warm process (as a notebook or a pipeline kernel is), read the 200
-  source headers (pydicom, pixel data not read), read the NRRD (SimpleITK), ``write_seg`` +
-  ``save_as``.
+  source headers (``medimg_kernel.series.read_headers``: pixel data not read), read the NRRD
+  (SimpleITK), ``write_seg`` + ``save_as``.
 * dcmqi: the ``itkimage2segimage`` binary (called directly, not through its Python
   console-script wrapper) on the same NRRD, the same source directory and a metadata JSON: its
   process start, reading the 200 files and the NRRD, writing.
@@ -53,6 +53,7 @@ import highdicom  # noqa: E402
 
 from medimg_kernel.anatomy import get_segment_type  # noqa: E402
 from medimg_kernel.seg import AlgorithmIdentification, read_seg, write_seg  # noqa: E402
+from medimg_kernel.series import read_headers  # noqa: E402
 from medimg_kernel.synthetic import SyntheticPatient, ct_series_from_volume  # noqa: E402
 from medimg_kernel.volume import Volume  # noqa: E402
 
@@ -95,8 +96,8 @@ def source_series() -> list[Path]:
 
 
 def load_volume(files: list[Path]) -> Volume:
-    """Headers in memory (no pixel data), as ``read_series`` leaves them in ``Volume.sources``."""
-    sources = tuple(pydicom.dcmread(f, stop_before_pixels=True) for f in files)
+    """The source headers (no pixel data) read with ``read_headers``, on the series' grid."""
+    sources = tuple(read_headers(files))
     first = sources[0]
     return Volume(
         np.zeros(SHAPE, np.int16), SPACING, ORIGIN, sources=sources,

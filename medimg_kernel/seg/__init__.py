@@ -6,9 +6,10 @@
   :class:`AlgorithmIdentification`, the algorithm of a model output.
 * :mod:`.frames`: pairing frames with the slices of a volume, decoding them into masks.
 * :mod:`.highdicom_speedups`: a memoisation of highdicom installed by :mod:`.sop`.
+* :mod:`.frame_groups`: the per-frame functional groups of a new SEG encoded once (same bytes).
 
-Modules here import in one direction (``sop`` → ``content``, ``frames``); outside this
-package they import :mod:`medimg_kernel.anatomy`, :mod:`medimg_kernel.errors`,
+Modules here import in one direction (``sop`` → ``content``, ``frames``, ``frame_groups``); outside this
+package they import :mod:`medimg_kernel.anatomy`, :mod:`medimg_kernel.collector`, :mod:`medimg_kernel.errors`,
 :mod:`medimg_kernel.volume` and :mod:`medimg_kernel.series.geometry`; never :mod:`medimg_hub`.
 """
 

@@ -45,9 +45,10 @@ from pydicom.uid import generate_uid
 
 from .. import __version__
 from ..anatomy import SegmentType, segment_type_from_codes
+from ..collector import collector_paused
 from ..errors import SegmentationError
 from ..volume import Volume
-from . import content, frames, highdicom_speedups
+from . import content, frame_groups, frames, highdicom_speedups
 from .content import MODEL_PREFIX, SEG_SOP_CLASS_UIDS, AlgorithmIdentification
 
 logger = logging.getLogger(__name__)
@@ -158,11 +159,25 @@ def write_seg(
     entries = content.segment_types(segments)
     if segmentation_type not in frames.SEGMENTATION_TYPES:
         raise SegmentationError(f"segmentation_type must be one of {frames.SEGMENTATION_TYPES}; got {segmentation_type!r}")
-    sources = frames.sorted_sources(volume)
-    pixel_array = content.pixel_array(labels, volume.shape, len(entries), segmentation_type)
-    further = [content.check_referenced_seg(referenced_seg, sources[0])] if referenced_seg is not None else None
-    when = content_datetime or datetime.now()
-    seg = hd.seg.Segmentation(
+    with collector_paused():  # ~10^5 small objects, none of them garbage
+        sources = frames.sorted_sources(volume)
+        pixel_array = content.pixel_array(labels, volume.shape, len(entries), segmentation_type)
+        further = [content.check_referenced_seg(referenced_seg, sources[0])] if referenced_seg is not None else None
+        when = content_datetime or datetime.now()
+        seg = _segmentation(sources, pixel_array, segmentation_type, entries, algorithm, series_number,
+                            content_label, series_description, content_creator, further, when)
+        content.drop_image_level_source_references(seg)
+        frame_groups.preencode_frame_groups(seg)
+    logger.debug("SEG %s: %d frames, %d segments", seg.SOPInstanceUID, seg.NumberOfFrames, len(entries))
+    return seg
+
+
+def _segmentation(sources: list[Dataset], pixel_array: np.ndarray, segmentation_type: str,
+                  entries: list[SegmentType], algorithm: AlgorithmIdentification | None, series_number: int,
+                  content_label: str, series_description: str, content_creator: str | None,
+                  further: list[Dataset] | None, when: datetime) -> hd.seg.Segmentation:
+    """highdicom's Segmentation with the platform's attributes (see :func:`write_seg`)."""
+    return hd.seg.Segmentation(
         source_images=sources,
         pixel_array=pixel_array,
         segmentation_type=segmentation_type,
@@ -185,9 +200,6 @@ def write_seg(
         series_date=when.date(),
         series_time=when.time(),
     )
-    content.drop_image_level_source_references(seg)
-    logger.debug("SEG %s: %d frames, %d segments", seg.SOPInstanceUID, seg.NumberOfFrames, len(entries))
-    return seg
 
 
 def read_seg(seg: Dataset, volume: Volume) -> np.ndarray:

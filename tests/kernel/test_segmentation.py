@@ -270,3 +270,38 @@ def test_read_by_position_when_volume_has_no_sources(write_and_read):
     bare = Volume(volume.array, volume.spacing, volume.origin, volume.direction,
                   series_instance_uid=volume.series_instance_uid)
     np.testing.assert_array_equal(read_seg(seg, bare), labels)
+
+
+def test_preencoded_frame_groups_write_the_same_bytes(monkeypatch, tmp_path):
+    """write_seg stores the per-frame functional groups pre-encoded: save_as must write exactly the
+    bytes pydicom writes for highdicom's sequence, and the dataset must read the same."""
+    import copy
+
+    from medimg_kernel.seg import frame_groups, sop
+
+    volume, labels = make_volume(), make_labels(absent=None)
+    monkeypatch.setattr(sop.frame_groups, "preencode_frame_groups", lambda seg: False)
+    plain = write_seg(volume, labels, SEGMENTS, type_id="abdomen", algorithm=MODEL)
+    monkeypatch.undo()
+    fast = copy.deepcopy(plain)
+    assert frame_groups.preencode_frame_groups(fast)
+    assert fast.get_item(0x52009230).is_raw
+    plain.save_as(tmp_path / "plain.dcm", enforce_file_format=True)
+    fast.save_as(tmp_path / "fast.dcm", enforce_file_format=True)
+    assert (tmp_path / "plain.dcm").read_bytes() == (tmp_path / "fast.dcm").read_bytes()
+    assert [item.to_json_dict() for item in fast.PerFrameFunctionalGroupsSequence] == \
+        [item.to_json_dict() for item in plain.PerFrameFunctionalGroupsSequence]
+    assert np.array_equal(read_seg(fast, volume), labels)
+    # another transfer syntax re-encodes everything, as before
+    fast.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    fast.save_as(tmp_path / "implicit.dcm", enforce_file_format=True)
+    assert np.array_equal(read_seg(pydicom.dcmread(tmp_path / "implicit.dcm"), volume), labels)
+
+
+def test_write_seg_output_is_preencoded_and_valid(write_and_read, assert_valid_dicom):
+    volume, labels = make_volume(), make_labels(absent=None)
+    seg = write_seg(volume, labels, SEGMENTS, type_id="abdomen", algorithm=MODEL)
+    assert seg.get_item(0x52009230).is_raw
+    assert np.array_equal(read_seg(seg, volume), labels)  # in memory, decoded on access
+    assert np.array_equal(read_seg(write_and_read(seg), volume), labels)
+    assert_valid_dicom(seg)
