@@ -105,6 +105,8 @@ def test_run_reaches_review_and_a_decision_finishes_it(platform, tmp_path):
                        auth=mlflow_credentials(settings)).json()["run"]
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
     assert tags["medimg.job_id"] == work.id and tags["medimg.task_id"] == task.id
+    assert run["info"]["user_id"] == "engineer1" and tags["mlflow.user"] == "engineer1"  # the task's owner
+    assert run["info"]["status"] == "FINISHED" and run["info"]["end_time"] >= run["info"]["start_time"]
     assert {m["key"]: m["value"] for m in run["data"]["metrics"]} == {"answer": 42.0}
     artifacts = requests.get(f"{settings.mlflow_tracking_uri}/api/2.0/mlflow/artifacts/list",
                              params={"run_id": run["info"]["run_id"], "path": "notebook"}, timeout=10,
