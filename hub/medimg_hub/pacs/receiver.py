@@ -106,7 +106,7 @@ def _routing_header(event: Any) -> Dataset:
     raw = event.request.DataSet
     raw.seek(0)
     return read_dataset(raw, syntax.is_implicit_VR, syntax.is_little_endian,
-                        stop_when=lambda tag, vr, length: tag >= 0x7FE00010)
+                        stop_when=lambda tag, vr, length: tag >= 0x7FE00008)  # any pixel data
 
 
 class _SenderCheckingAE(AE):  # type: ignore[misc]
