@@ -90,6 +90,8 @@ def breakdown(tasks: list, wall: float) -> dict[str, float]:
         cells["infer+write+store"].append(durations[-2])
         cells["record"].append(durations[-1])
     job_s = [(j.finished_at - j.started_at).total_seconds() for j in jobs]
+    ordered = sorted(jobs, key=lambda j: j.started_at)
+    gaps = [(b.started_at - a.finished_at).total_seconds() for a, b in zip(ordered, ordered[1:])]
     notebook_s = [j.outputs["timing_s"]["notebook"] for j in jobs]
     tracking_s = [j.outputs["timing_s"]["tracking"] for j in jobs]
     return {
@@ -103,6 +105,7 @@ def breakdown(tasks: list, wall: float) -> dict[str, float]:
             n - a - b - c for n, a, b, c in zip(notebook_s, cells["read+load"], cells["infer+write+store"], cells["record"])), 3),
         "mlflow_run_logging_median_s": round(statistics.median(tracking_s), 3),
         "queue_store_and_claim_median_s": round(wall / len(jobs) - statistics.median(job_s), 3),
+        "between_jobs_median_s": round(statistics.median(gaps), 3),
     }
 
 
