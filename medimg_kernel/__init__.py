@@ -29,6 +29,7 @@ from .errors import (
     NotFoundError,
     PixelDataError,
     ReportError,
+    RTStructError,
     SegmentationError,
     SeriesError,
     SeriesGeometryError,
@@ -52,6 +53,8 @@ _LAZY = {
     "register_segment_type": "anatomy",
     "read_nifti": "nifti",
     "write_nifti": "nifti",
+    "read_rtstruct": "rtstruct",
+    "write_rtstruct": "rtstruct",
     "write_sr": "sr",
     "read_sr": "sr",
     "find_studies": "cohort",
@@ -59,7 +62,7 @@ _LAZY = {
 
 __all__ = [
     "AccessDeniedError", "ConfigurationError", "DicomFileError", "DICOMwebError", "MedImgError",
-    "MixedSeriesError", "NotAnImageError", "NotFoundError", "PixelDataError", "ReportError",
+    "MixedSeriesError", "NotAnImageError", "NotFoundError", "PixelDataError", "ReportError", "RTStructError",
     "SegmentationError", "SeriesError", "SeriesGeometryError", "UnsupportedImageError", "Volume", *_LAZY,
 ]
 
