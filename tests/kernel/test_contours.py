@@ -1,4 +1,4 @@
-"""Polygons ↔ voxel masks on one slice (medimg_kernel.contours): traced voxel borders fill back exactly,
+"""Polygons ↔ voxel masks on one slice (medimg_kernel.rtstruct.contours): traced voxel borders fill back exactly,
 loops are simple and disjoint, and the even-odd fill keeps a polygon's own border voxels."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medimg_kernel.contours import fill_polygons, trace_boundaries
+from medimg_kernel.rtstruct.contours import fill_polygons, trace_boundaries
 
 
 @pytest.mark.parametrize("seed", range(5))

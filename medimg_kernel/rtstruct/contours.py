@@ -16,10 +16,10 @@ these coordinates with the volume's geometry.
   that corner by a quarter voxel, so the loops are simple and never touch; no voxel centre lies on
   or near an edge, and :func:`fill_polygons` of the traced polygons gives the mask back exactly.
 
-Written here rather than taken from a library: OpenCV's ``findContours`` (what rt-utils uses)
-traces voxel *centres*, so a mask drawn back with any centre-in-polygon rule loses or gains border
-voxels; scikit-image's ``find_contours`` traces an iso-line between centres, with the same effect.
-Tracing voxel borders makes write → read exact by construction, in ~150 lines of numpy.
+Written here rather than taken from a library: OpenCV's ``findContours`` (what rt-utils uses) and
+scikit-image's ``find_contours`` trace voxel *centres* or an iso-line between them, so filling the
+polygons back with any centre-in-polygon rule loses or gains border voxels (around holes above all).
+Tracing voxel borders makes write → read exact by construction.
 """
 
 from __future__ import annotations
