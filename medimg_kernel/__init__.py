@@ -3,11 +3,12 @@
 Everyday names are importable from the top level; heavy modules (highdicom,
 torch) load only when first used.
 
-Rooms: :mod:`.series` (reading image series), :mod:`.seg` (DICOM SEG), :mod:`.sr`
-(measurement reports), :mod:`.pipeline` (pipeline descriptors), :mod:`.review` (the
-clinician's review widgets), :mod:`.federation` (a federated site's work),
-:mod:`.phantom` (synthetic patients), and single modules for the DICOMweb protocol,
-clients and DICOM JSON values, datasets, models, training and the registry.
+Rooms: :mod:`.series` (reading image series), :mod:`.seg` (DICOM SEG), :mod:`.rtstruct`
+(RT Structure Sets), :mod:`.sr` (measurement reports), :mod:`.pipeline` (pipeline
+descriptors), :mod:`.review` (the clinician's review widgets), :mod:`.federation` (a
+federated site's work), :mod:`.phantom` (synthetic patients), and single modules for the
+DICOMweb protocol, clients and DICOM JSON values, NIfTI, datasets, models, training and
+the registry.
 
 medimg_kernel imports only itself and third-party libraries; never :mod:`medimg_hub`
 (the hub imports the kernel, not the reverse).
@@ -29,6 +30,7 @@ from .errors import (
     NotFoundError,
     PixelDataError,
     ReportError,
+    RTStructError,
     SegmentationError,
     SeriesError,
     SeriesGeometryError,
@@ -52,6 +54,8 @@ _LAZY = {
     "register_segment_type": "anatomy",
     "read_nifti": "nifti",
     "write_nifti": "nifti",
+    "read_rtstruct": "rtstruct",
+    "write_rtstruct": "rtstruct",
     "write_sr": "sr",
     "read_sr": "sr",
     "find_studies": "cohort",
@@ -59,7 +63,7 @@ _LAZY = {
 
 __all__ = [
     "AccessDeniedError", "ConfigurationError", "DicomFileError", "DICOMwebError", "MedImgError",
-    "MixedSeriesError", "NotAnImageError", "NotFoundError", "PixelDataError", "ReportError",
+    "MixedSeriesError", "NotAnImageError", "NotFoundError", "PixelDataError", "ReportError", "RTStructError",
     "SegmentationError", "SeriesError", "SeriesGeometryError", "UnsupportedImageError", "Volume", *_LAZY,
 ]
 

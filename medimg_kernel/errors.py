@@ -75,6 +75,27 @@ class SegmentationError(MedImgError, ValueError):
     """A segmentation cannot be written or read (shape, geometry, segments)."""
 
 
+class RTStructError(SegmentationError):
+    """An RT Structure Set cannot be read onto a volume, or written from masks.
+
+    Attributes
+    ----------
+    sop_instance_uid
+        The RT Structure Set's SOPInstanceUID (``"<new>"`` while writing, ``"<unknown>"`` if absent).
+    roi
+        The ROI (ROIName, or the segment's name while writing) concerned, or ``None``.
+    reason
+        What is wrong and how to fix it, in words.
+    """
+
+    def __init__(self, sop_instance_uid: str | None, reason: str, *, roi: str | None = None) -> None:
+        self.sop_instance_uid = sop_instance_uid or "<unknown>"
+        self.roi = roi
+        self.reason = reason
+        where = f"RT Structure Set {self.sop_instance_uid}" + (f", ROI {roi!r}" if roi is not None else "")
+        super().__init__(f"{where}: {reason}")
+
+
 class ReportError(MedImgError, ValueError):
     """A structured report cannot be written or read."""
 
