@@ -117,7 +117,8 @@ ln -sfn "$(pwd)/.venv/etc/jupyter" .venv-users/etc/jupyter
 # both of which would fetch from the internet
 mkdir -p .venv/share/jupyter/lab/settings
 cp hub/lab/overrides.json .venv/share/jupyter/lab/settings/overrides.json
-if .venv-users/bin/python -c 'import medimg_hub' 2>/dev/null; then
+# (the caller's PYTHONPATH left out: users' servers get their own, set by the hub, never with hub/)
+if env -u PYTHONPATH .venv-users/bin/python -c 'import medimg_hub' 2>/dev/null; then
   say "error: users' environment (.venv-users) can import medimg_hub"; exit 1
 fi
 

@@ -134,7 +134,9 @@ class SiteData:
     def require_train(self) -> None:
         """Raise :class:`NoTrainingDataError` naming the reason when there is nothing to train on."""
         if not self.train:
-            reasons = "; ".join(self.skipped[:3]) or "no studies at all"
+            held = (f"its {len(self.holdout)} labelled studies are all held out for evaluation (holdout-fraction): "
+                    "a site needs two or more") if self.holdout else ""
+            reasons = "; ".join([*([held] if held else []), *self.skipped[:3]]) or "no studies at all"
             raise NoTrainingDataError(f"site {self.site}: no training pairs ({reasons}); "
                                       "finalise ('organs') SEGs in the site's PACS to take part")
 

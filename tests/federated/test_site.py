@@ -7,9 +7,12 @@ import pytest
 
 from medimg_kernel.client import DICOMfolderClient
 from medimg_kernel.errors import ConfigurationError
+from medimg_kernel.datasets import TrainingPair
 from medimg_kernel.federation import (
-    ArchitectureMismatchError, SiteConfig, load_state_arrays, round_learning_rate, state_arrays,
+    ArchitectureMismatchError, NoTrainingDataError, SiteConfig, SiteData, load_state_arrays, round_learning_rate,
+    state_arrays,
 )
+from medimg_kernel.volume import Volume
 from medimg_kernel.model import SegmentationModelConfig, build_network
 
 TINY = SegmentationModelConfig(channels=(4, 8, 16), strides=(2, 2), num_res_units=0, roi_size=(16, 32, 32))
@@ -47,3 +50,14 @@ def test_qido_filter_selects_the_sites_studies(demo_sites):
     assert everything is None
     mine = SiteConfig("A", folder=str(folder), qido_filter=f"PatientID={sites[0]}*").study_instance_uids(client)
     assert mine is not None and len(mine) == 2
+
+
+def test_a_site_whose_studies_are_all_held_out_says_so():
+    """Not "no studies at all": the site has a labelled study, and it went to the hold-out."""
+    pair = TrainingPair(Volume(np.zeros((1, 2, 2), np.int16), (1.0, 1.0, 1.0)), np.zeros((1, 2, 2), np.uint8),
+                        ("liver",), "1.2.3", "1.2.3.1")
+    with pytest.raises(NoTrainingDataError, match=r"site A: no training pairs \(its 1 labelled studies are all held "
+                                                  r"out for evaluation"):
+        SiteData("A", train=(), holdout=(pair,), skipped=()).require_train()
+    with pytest.raises(NoTrainingDataError, match=r"\(no studies at all\)"):
+        SiteData("A", train=(), holdout=(), skipped=()).require_train()

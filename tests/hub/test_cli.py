@@ -33,6 +33,20 @@ def test_every_subcommand_has_help(sub):
     assert "Usage:" in result.stdout
 
 
+def test_every_service_medimg_up_may_start_has_a_description(tmp_path):
+    """``medimg up`` and ``down`` name each service they start or stop: the DICOM receiver and the delivery
+    worker too (a service without a description made ``medimg up`` stop after starting it)."""
+    from medimg_hub.cli.main import _describe
+    from medimg_hub.settings import DatasetSettings, PlatformSettings, ReceiverSettings, Settings
+    from medimg_hub.stack import platform_services
+
+    settings = Settings(platform=PlatformSettings(var_dir=tmp_path), datasets=(DatasetSettings("d", webhook="ris"),),
+                        receiver=ReceiverSettings(port=free_port(), senders=("CT01@127.0.0.1",)))
+    names = [service.name for service in platform_services(settings)]
+    assert {"dicom-receiver", "deliveries", "hub"} <= set(names)
+    assert all(_describe(name) for name in names)
+
+
 @pytest.mark.integration
 def test_up_status_down_without_demo(tmp_path):
     config = tmp_path / "medimg.toml"

@@ -40,6 +40,7 @@ DESCRIPTIONS = {
     "mlflow": "MLflow tracking server + model registry",
     "dispatcher": "Task dispatcher + reconciler",
     "deliveries": "Delivery worker (finalised results to hospital PACS, signed webhooks)",
+    "dicom-receiver": "DICOM receiver (C-STORE from the [receiver] senders)",
     "hub": "JupyterHub (log in here; platform API at /services/platform/)",
 }
 
