@@ -1,7 +1,8 @@
 """Peekable byte streams: what the multipart reader reads from.
 
-A :class:`ByteStream` can show the next bytes without consuming them (:meth:`ByteStream.peek`)
-and hand over exactly ``n`` bytes (:meth:`ByteStream.read`). The multipart reader peeks at a
+A :class:`ByteStream` can show the next bytes without consuming them (:meth:`ByteStream.peek`;
+:meth:`ByteStream.peek_some` shows only what is there already) and hand over exactly ``n``
+bytes (:meth:`ByteStream.read`). The multipart reader peeks at a
 part's headers, then reads the pixel data in one ``read``: on a socket
 (:mod:`medimg_kernel.http_stream`) that read lands in its own ``bytes`` object straight from
 the kernel, with no copy in Python. :class:`BufferedStream` gives any file-like object
@@ -18,6 +19,10 @@ class ByteStream(Protocol):
 
     def peek(self, n: int) -> bytes:
         """The next ``n`` bytes, not consumed (fewer only at the end of the stream)."""
+        ...
+
+    def peek_some(self, n: int) -> bytes:
+        """Up to ``n`` of the next bytes, not consumed, without waiting for more than the first."""
         ...
 
     def read(self, n: int) -> bytes:
@@ -78,6 +83,10 @@ class BufferedStream:
             rest = self._buffer[self._position :]
             self._buffer, self._position = (rest + chunk if rest else chunk), 0
         return self._buffer[self._position : self._position + n]
+
+    def peek_some(self, n: int) -> bytes:
+        """As :meth:`peek` (a buffered stream reads ahead anyway)."""
+        return self.peek(n)
 
     def read(self, n: int) -> bytes:
         if self._available() >= n:

@@ -4,8 +4,10 @@ Both implement :class:`medimg_kernel.dicomweb.DICOMwebProtocol`. The HTTP client
 wraps dicomweb-client's ``DICOMwebClient``; authentication is injected as a
 ``requests.Session`` (never stored in the client), and HTTP failures become
 :class:`~medimg_kernel.errors.DICOMwebError` subclasses that say which request
-failed and why. Retrieval streams (``iter_*``) with a large chunk size and asks
-for the stored transfer syntax, so nothing is transcoded on the server.
+failed and why. Retrieval streams (``iter_*``) and asks for the stored transfer
+syntax, so nothing is transcoded on the server; on plain HTTP it reads the socket
+itself (:mod:`medimg_kernel.http_stream`, with the session's headers and auth), so
+each instance's pixel data is received straight into its ``PixelData``.
 
 QIDO-RS is our own GET, not dicomweb-client's: it percent-encodes the wildcards ``*`` and ``?``,
 which Orthanc then matches literally, and cannot match values with spaces there

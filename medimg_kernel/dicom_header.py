@@ -38,8 +38,8 @@ _SPECIFIC_CHARACTER_SET = 0x00080005
 
 _ELEMENT = struct.Struct("<HH2sH").unpack_from
 _LENGTH_32 = struct.Struct("<L").unpack_from
-_VR_BY_BYTES = {str(vr).encode("ascii"): str(vr) for vr in VR}
-_LONG_LENGTH_VRS = {str(vr).encode("ascii") for vr in EXPLICIT_VR_LENGTH_32}
+#: VR as stored → (VR, whether a 4-byte length follows 2 reserved bytes).
+_VRS = {str(vr).encode("ascii"): (str(vr), vr in EXPLICIT_VR_LENGTH_32) for vr in VR}
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 #: BaseTag objects reused across headers (immutable ints); bounded.
 _TAGS: dict[int, BaseTag] = {}
@@ -102,28 +102,31 @@ def read_header(header: bytes) -> FileDataset | None:
 def _elements(buf: bytes, position: int, end: int, *, file_meta: bool) -> tuple[dict[BaseTag, RawDataElement] | None, int]:
     """Raw elements from ``position``: group 2 only (``file_meta``) or none of groups 0-2; None if unsupported."""
     out: dict[BaseTag, RawDataElement] = {}
-    tags = _TAGS
+    tags, vrs, unpack, unpack_length, new = _TAGS, _VRS, _ELEMENT, _LENGTH_32, _new_tuple
     while position < end:
         if position + 8 > end:
             return None, position
-        group, element, vr_bytes, length = _ELEMENT(buf, position)
+        group, element, vr_bytes, length = unpack(buf, position)
         if file_meta:
             if group != 2:
                 break
         elif group <= 2 or group == 0xFFFE:
             return None, position  # command group, file meta out of place, or a delimiter
-        vr = _VR_BY_BYTES.get(vr_bytes)
-        if vr is None:
+        known = vrs.get(vr_bytes)
+        if known is None:
             return None, position  # implicit VR or an unknown VR: dcmread's heuristics apply
-        if vr_bytes in _LONG_LENGTH_VRS:
+        vr, long_length = known
+        if long_length:
             if position + 12 > end:
                 return None, position
-            (length,) = _LENGTH_32(buf, position + 8)
+            (length,) = unpack_length(buf, position + 8)
+            if length == _UNDEFINED_LENGTH:
+                return None, position
             position += 12
         else:
             position += 8
         following = position + length
-        if length == _UNDEFINED_LENGTH or following > end:
+        if following > end:
             return None, position
         number = group << 16 | element
         tag = tags.get(number)
@@ -132,7 +135,7 @@ def _elements(buf: bytes, position: int, end: int, *, file_meta: bool) -> tuple[
             if len(tags) < _MAX_CACHED_TAGS:
                 tags[number] = tag
         value = buf[position:following] if length else empty_value_for_VR(vr, raw=True)
-        out[tag] = _new_tuple(RawDataElement, (tag, vr, length, value, position, False, True, True, False))
+        out[tag] = new(RawDataElement, (tag, vr, length, value, position, False, True, True, False))
         position = following
     return out, position
 

@@ -36,7 +36,6 @@ from requests.cookies import MockRequest, MockResponse
 from requests.structures import CaseInsensitiveDict
 from requests.utils import get_encoding_from_headers, select_proxy
 
-from .byte_stream import read_until
 
 #: Largest peek (bytes) done with ``MSG_PEEK``; longer ones buffer. Small enough to fit any
 #: socket receive buffer (else a peek could wait for data the sender cannot send).
@@ -54,9 +53,10 @@ Timeout = float | tuple[float | None, float | None] | None
 class SocketBody:
     """The body of a response read from a socket: ``length`` bytes, or until the server closes.
 
-    ``peek`` of up to :data:`SOCKET_PEEK_MAX_BYTES` uses ``MSG_PEEK`` (nothing consumed), so the
-    following ``read`` goes straight from the socket into the returned ``bytes``. Longer peeks,
-    and peeks the socket cannot satisfy at once, consume into a buffer that reads serve first.
+    A ``peek`` of up to :data:`SOCKET_PEEK_MAX_BYTES` that the received bytes satisfy uses
+    ``MSG_PEEK`` (nothing consumed), so the following ``read`` goes straight from the socket
+    into the returned ``bytes``. Longer peeks, and peeks that would have to wait, consume into
+    a buffer that reads serve first (then a part's pixel data is joined: one copy).
     """
 
     def __init__(self, sock: socket.socket, length: int | None, url: str) -> None:
@@ -112,17 +112,32 @@ class SocketBody:
         return data
 
     def peek(self, n: int) -> bytes:
+        """The next ``n`` bytes, not consumed; if they are not all here yet, they are received into a buffer.
+
+        A peek never waits for bytes beyond those already received (``MSG_PEEK`` without
+        ``MSG_WAITALL``): bytes that are not consumed hold the socket's receive buffer, and the
+        sender may be unable to send the rest until they are (a deadlock, seen with Orthanc).
+        """
         if len(self._pending) >= n:
             return self._pending[:n]
         if not self._pending and n <= SOCKET_PEEK_MAX_BYTES and not self._eof:
             want = self._limit(n)
             if want <= 0:
                 return b""
-            data = self._recv(want, socket.MSG_PEEK | socket.MSG_WAITALL)
+            data = self._recv(want, socket.MSG_PEEK)
             if len(data) == want:
                 return data
         self._pending += self._consume(n - len(self._pending))
         return self._pending[:n]
+
+    def peek_some(self, n: int) -> bytes:
+        """Up to ``n`` bytes already here, not consumed: waits only for the first (b"" at the end)."""
+        if self._pending:
+            return self._pending[:n]
+        want = self._limit(min(n, SOCKET_PEEK_MAX_BYTES))
+        if want <= 0 or self._eof:
+            return b""
+        return self._recv(want, socket.MSG_PEEK)
 
     def read(self, n: int) -> bytes:
         if not self._pending:
@@ -132,6 +147,27 @@ class SocketBody:
             return out
         head, self._pending = self._pending, b""
         return head + self._consume(n - len(head))
+
+
+def read_through(raw: SocketBody, marker: bytes, limit: int) -> bytes | None:
+    """Bytes up to ``marker`` (consumed with it), or None at the end; more than ``limit`` before it: ValueError.
+
+    Unlike :func:`~medimg_kernel.byte_stream.read_until` it never waits for bytes beyond the
+    marker, which may never come: the HTTP head and the chunked framing are followed by
+    nothing when the server keeps the connection open.
+    """
+    window = raw.peek_some(limit + len(marker))
+    while True:
+        index = window.find(marker)
+        if index >= 0:
+            raw.read(index + len(marker))
+            return window[:index]
+        if len(window) >= limit + len(marker):
+            raise ValueError(f"more than {limit} bytes before {marker!r}")
+        more = raw.peek(len(window) + 1)  # one byte more than here: it must come, or the stream ends
+        if len(more) <= len(window):
+            return None
+        window = more
 
 
 class ChunkedBody:
@@ -154,7 +190,7 @@ class ChunkedBody:
             raise self._broken("a chunk does not end with CRLF")
         self._started = True
         try:
-            line = read_until(self._raw, b"\r\n", limit=1024)
+            line = read_through(self._raw, b"\r\n", limit=1024)
         except ValueError as exc:
             raise self._broken("a chunk size line is too long") from exc
         if line is None:
@@ -168,7 +204,7 @@ class ChunkedBody:
         if size == 0:
             while True:  # trailer fields, then an empty line
                 try:
-                    trailer = read_until(self._raw, b"\r\n", limit=MAX_HEAD_BYTES)
+                    trailer = read_through(self._raw, b"\r\n", limit=MAX_HEAD_BYTES)
                 except ValueError as exc:
                     raise self._broken("a trailer field is too long") from exc
                 if trailer is None:
@@ -205,6 +241,13 @@ class ChunkedBody:
                 return self._raw.peek(n)
         self._pending += self._decoded(n - len(self._pending))
         return self._pending[:n]
+
+    def peek_some(self, n: int) -> bytes:
+        if self._pending:
+            return self._pending[:n]
+        while self._chunk_left == 0 and not self._done:
+            self._next_chunk()
+        return self._raw.peek_some(min(n, self._chunk_left)) if self._chunk_left else b""
 
     def read(self, n: int) -> bytes:
         if not self._pending:
@@ -324,7 +367,7 @@ def _read_response(sock: socket.socket, url: str) -> HTTPStream:
     raw = SocketBody(sock, None, url)
     while True:
         try:
-            head = read_until(raw, b"\r\n\r\n", limit=MAX_HEAD_BYTES)
+            head = read_through(raw, b"\r\n\r\n", limit=MAX_HEAD_BYTES)
         except ValueError as exc:
             raise requests.exceptions.ConnectionError(f"{url}: response head longer than {MAX_HEAD_BYTES} bytes") from exc
         if head is None:
@@ -337,7 +380,10 @@ def _read_response(sock: socket.socket, url: str) -> HTTPStream:
         status = int(code)
         if status >= 200:
             break  # 1xx answers (100 Continue) precede the real one
-    message = http.client.parse_headers(io.BytesIO(fields + b"\r\n\r\n"))
+    try:
+        message = http.client.parse_headers(io.BytesIO(fields + b"\r\n\r\n"))
+    except http.client.HTTPException as exc:  # too many or too long header fields
+        raise requests.exceptions.ConnectionError(f"{url}: bad response head: {exc!r}") from exc
     headers: CaseInsensitiveDict[str] = CaseInsensitiveDict()
     for name in dict.fromkeys(message.keys()):
         headers[name] = ", ".join(message.get_all(name) or [])

@@ -132,8 +132,8 @@ def iter_parts(stream: ByteStream | BinaryIO, boundary: bytes, chunk_size: int =
 
     ``stream`` is a :class:`~medimg_kernel.byte_stream.ByteStream` (a socket body) or any
     file-like object (read through a :class:`~medimg_kernel.byte_stream.BufferedStream` of
-    ``chunk_size`` bytes). Each part costs one peek (delimiter, header fields and the start of
-    the body together) and one or two reads. A message that ends before its closing delimiter
+    ``chunk_size`` bytes). Each part usually costs one peek (delimiter, header fields and the
+    start of the body together) and one or two reads. A message that ends before its closing delimiter
     raises :class:`DICOMwebError`: parts are never silently missing.
     """
     body: ByteStream = stream if hasattr(stream, "peek") and not isinstance(stream, io.IOBase) \
@@ -142,37 +142,78 @@ def iter_parts(stream: ByteStream | BinaryIO, boundary: bytes, chunk_size: int =
     delimiter = b"\r\n" + dash_boundary
     if _until(body, dash_boundary) is None:
         raise DICOMwebError("multipart response holds no boundary line")
-    skip = 0  # bytes of the window before the end of the boundary line: the delimiter, after a part
-    after_part = False
+    after_part = False  # positioned after a sized part: its delimiter comes next
     while True:
-        window = body.peek(PEEK_BYTES)
-        if after_part:
-            if window.startswith(delimiter):
-                skip = len(delimiter)
-            else:  # something between a part's end and the delimiter: skip it
-                if _until(body, delimiter) is None:
-                    raise DICOMwebError("multipart response ended without its closing boundary")
-                window, skip = body.peek(PEEK_BYTES), 0
-        if window[skip : skip + 2] == b"--":
+        plan = _plan(body, delimiter if after_part else b"")
+        if plan == "end":
             return
-        found = _part_headers(window, skip)
-        if found is None:  # header fields not all in the window (or malformed): step by step
-            body.read(skip)
-            found = _part_headers_slowly(body)
-            window = b""
-        headers, start = found
-        length = _content_length(headers)
+        if plan is None:  # not decidable from what the stream shows: step by step
+            if after_part and _until(body, delimiter) is None:
+                raise DICOMwebError("multipart response ended without its closing boundary")
+            if body.peek(2) == b"--":
+                return
+            headers, start = _part_headers_slowly(body)
+            length = _content_length(headers)
+            offset = None if length is None else native_pixel_data_offset(body.peek(min(length, PEEK_BYTES)), length)
+        else:
+            headers, start, length, offset = plan
         if length is None:
             body.read(start)
             data = _until(body, delimiter)
             if data is None:
                 raise DICOMwebError("multipart response ended without its closing boundary")
             yield Part(data)
-            after_part, skip = False, 0  # the delimiter is consumed
+            after_part = False  # the delimiter is consumed
             continue
-        prefix = window[start : start + length] if window else body.peek(min(length, PEEK_BYTES))
-        yield _sized_part(body, start, length, native_pixel_data_offset(prefix, length))
+        yield _sized_part(body, start, length, offset)
         after_part = True
+
+
+_Plan = tuple[bytes, int, "int | None", "int | None"]
+
+
+def _plan(body: ByteStream, expected: bytes) -> _Plan | str | None:
+    """The next part's ``(header fields, start of its body, Content-Length, pixel data offset)``.
+
+    Read from a peek at what is here already (``peek_some``); more is awaited only through
+    ``peek``, which consumes where it must wait (a socket's receive buffer must drain for more
+    to arrive). ``"end"`` at the closing delimiter; None when the window cannot tell (headers
+    too long, bytes between a part and its delimiter, the end of the stream): the caller then
+    goes step by step. ``expected``: the delimiter that must come first (after a sized part).
+    """
+    window = body.peek_some(PEEK_BYTES)
+    while True:
+        plan = _plan_from(window, expected)
+        if plan is not False:
+            return plan  # type: ignore[return-value]
+        if len(window) >= PEEK_BYTES:
+            return None
+        more = body.peek(min(PEEK_BYTES, 2 * len(window) + 1024))
+        if len(more) <= len(window):
+            return None  # the stream ends within the window
+        window = more
+
+
+def _plan_from(window: bytes, expected: bytes) -> _Plan | str | None | bool:
+    """:func:`_plan` from ``window``; False when the window is too short to tell."""
+    if len(window) < len(expected) + 2:
+        return False
+    if expected and not window.startswith(expected):
+        return None
+    skip = len(expected)
+    if window[skip : skip + 2] == b"--":
+        return "end"
+    found = _part_headers(window, skip)
+    if found is None:
+        return False if len(window) < PEEK_BYTES else None
+    headers, start = found
+    length = _content_length(headers)
+    if length is None:
+        return headers, start, None, None
+    offset = native_pixel_data_offset(window[start : start + length], length)
+    if offset is None and len(window) < min(start + length, PEEK_BYTES):
+        return False  # the pixel data element may begin further on
+    return headers, start, length, offset
 
 
 def _part_headers(window: bytes, skip: int) -> tuple[bytes, int] | None:

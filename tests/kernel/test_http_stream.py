@@ -70,12 +70,14 @@ def _answer(body: bytes, framing: str = "length", status: str = "200 OK", extra:
 class CannedServer:
     """Answers the n-th connection with ``answers[n]`` (bytes, sent in ``step``-byte pieces), then closes.
 
-    ``stall_after`` bytes: send that much, then keep the connection open without sending.
+    ``stall_after`` bytes: send that much, then keep the connection open without sending;
+    ``keep_open``: send it all, then keep the connection open (keep-alive, whatever was asked).
     """
 
     answers: list[bytes]
     step: int = 1 << 20
     stall_after: int | None = None
+    keep_open: bool = False
     requests_seen: list[bytes] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -109,7 +111,7 @@ class CannedServer:
                         conn.sendall(data[start : start + self.step])
                 except OSError:
                     continue
-                if self.stall_after is not None:
+                if self.stall_after is not None or self.keep_open:
                     self._stop.wait(10)
 
     def close(self) -> None:
@@ -166,6 +168,23 @@ def test_every_framing_gives_the_instances_and_the_same_as_requests(serve, frami
     assert request.startswith(f"GET /dicom-web/studies/{STUDY}/series/{SERIES} HTTP/1.1\r\n")
     assert "Authorization: Basic dXNlcjpzZWNyZXQ=\r\n" in request  # the session's auth
     assert 'Accept: multipart/related; type="application/dicom"; transfer-syntax=*\r\n' in request
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked:1000", "chunked:100000"])
+@pytest.mark.parametrize("status", ["200 OK", "404 Not Found"])
+def test_a_server_that_keeps_the_connection_open_is_not_waited_for(serve, framing, status):
+    """Nothing is read past the framing's end: a peek there would wait for the read timeout."""
+    series, files = _files()
+    answer = _answer(_multipart(files), framing, status=status)
+    server = serve(answer, keep_open=True)
+    start = time.monotonic()
+    client = _client(server.url, timeout=(5.0, 20.0))
+    if status.startswith("404"):
+        with pytest.raises(NotFoundError):
+            client.retrieve_series(STUDY, SERIES)
+    else:
+        _assert_same(client.retrieve_series(STUDY, SERIES), series)
+    assert time.monotonic() - start < 5
 
 
 def test_parts_without_content_length_and_non_native_parts(serve):
