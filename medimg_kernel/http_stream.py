@@ -1,15 +1,16 @@
 """An HTTP/1.1 GET on a plain socket, its body read as a :class:`~medimg_kernel.byte_stream.ByteStream`.
 
 Why not requests: requests (urllib3, ``http.client``) hands the body over in chunks it
-allocates itself, so every byte of a WADO-RS answer is copied at least once more in Python,
-and a 100 MB series then costs ~2x the time of the socket read alone. Here the multipart
-reader peeks at each part's headers (``MSG_PEEK``) and receives the part's pixel data with one
-``recv(n, MSG_WAITALL)`` into a ``bytes`` object of its own, which becomes ``PixelData``: the
-kernel's copy is the only one.
+allocates itself, so every byte of a WADO-RS answer is copied at least once more in Python
+(``requests.get(url).content`` alone takes 3-4x the plain socket read of a 105 MB series on
+loopback: ``benchmarks/bench_retrieve.py``). Here the multipart reader peeks at each part's
+headers among the bytes already received (``MSG_PEEK``) and receives the part's pixel data
+with one ``recv(n, MSG_WAITALL)`` into a ``bytes`` object of its own, which becomes
+``PixelData``: the kernel's copy is the only one.
 
 Only what this module can do exactly as the caller's ``requests.Session`` would is done here:
 plain ``http://`` (TLS sockets cannot peek), no proxy, the session's default adapter without
-retries, no response hooks (digest auth). The request is prepared by the session itself
+retries, no response hooks (digest auth), not on Windows. The request is prepared by the session itself
 (``Session.prepare_request``: its headers, auth, cookies), cookies set by the answer go into
 the session's jar, and a redirect or a compressed answer is left to requests. :func:`get`
 returns None whenever the session's configuration needs requests, and the caller uses it.
@@ -26,6 +27,7 @@ import http.client
 import io
 import socket
 import struct
+import sys
 from collections.abc import Mapping
 from types import TracebackType
 from urllib.parse import urlsplit
@@ -304,7 +306,7 @@ def _timeouts(timeout: Timeout) -> tuple[float | None, float | None]:
 
 def _can_stream(session: requests.Session, url: str) -> bool:
     """Whether :func:`get` can do what ``session.get(url)`` would (see the module's docstring)."""
-    if urlsplit(url).scheme != "http" or not hasattr(socket, "MSG_PEEK") or not hasattr(socket, "MSG_WAITALL"):
+    if urlsplit(url).scheme != "http" or sys.platform == "win32":  # Windows: SO_RCVTIMEO is not a timeval
         return False
     adapter = session.get_adapter(url)
     if type(adapter) is not HTTPAdapter or adapter.max_retries.total != 0:
