@@ -4,8 +4,10 @@ Both implement :class:`medimg_kernel.dicomweb.DICOMwebProtocol`. The HTTP client
 wraps dicomweb-client's ``DICOMwebClient``; authentication is injected as a
 ``requests.Session`` (never stored in the client), and HTTP failures become
 :class:`~medimg_kernel.errors.DICOMwebError` subclasses that say which request
-failed and why. Retrieval streams (``iter_*``) with a large chunk size and asks
-for the stored transfer syntax, so nothing is transcoded on the server.
+failed and why. Retrieval streams (``iter_*``) and asks for the stored transfer
+syntax, so nothing is transcoded on the server; on plain HTTP it reads the socket
+itself (:mod:`medimg_kernel.http_stream`, with the session's headers and auth), so
+each instance's pixel data is received straight into its ``PixelData``.
 
 QIDO-RS is our own GET, not dicomweb-client's: it percent-encodes the wildcards ``*`` and ``?``,
 which Orthanc then matches literally, and cannot match values with spaces there
@@ -25,10 +27,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
+import urllib3
 from dicomweb_client import DICOMfileClient, DICOMwebClient
 from pydicom.dataset import Dataset
 
-from . import qido
+from . import http_stream, qido
 from .dicomweb import DicomJSON
 from .errors import AccessDeniedError, ConfigurationError, DICOMwebError, NotFoundError
 from .multipart import ReadAhead, boundary_from_content_type, dataset_from_part, iter_parts
@@ -284,15 +287,31 @@ class DICOMwebHTTPClient:
         return Dataset.from_json(response.json()) if response.content.strip() else Dataset()
 
     def _stream(self, name: str, path: str) -> Iterator[Dataset]:
-        """GET a WADO-RS resource and yield its instances while the response arrives."""
+        """GET a WADO-RS resource and yield its instances while the response arrives.
+
+        On plain HTTP the response is read on the socket (:mod:`medimg_kernel.http_stream`: the
+        pixel data of each instance lands in its own ``bytes`` straight from the kernel); where
+        the session needs requests (TLS, a proxy, retries, digest auth, a redirect) through
+        requests, with a read-ahead thread. Both give the same datasets and the same errors.
+        """
         for uid in path.split("/"):
             if uid and uid not in ("studies", "series", "instances") and (len(uid) > 64 or not _UID.fullmatch(uid)):
                 raise ConfigurationError(f"{name}: {uid!r} is not a valid DICOM UID")
         url = self.url + path
         try:
+            stream = http_stream.get(self._session, url, {"Accept": ACCEPT_STORED}, self._timeout)
+            if stream is not None:
+                with stream:
+                    if stream.status >= 400:
+                        stream.to_response().raise_for_status()
+                    boundary = boundary_from_content_type(stream.headers.get("Content-Type", ""))
+                    for index, part in enumerate(iter_parts(stream.body, boundary)):
+                        yield dataset_from_part(part, index)
+                return
             response = self._session.get(url, headers={"Accept": ACCEPT_STORED}, stream=True, timeout=self._timeout)
             with response:
                 if response.status_code >= 400:
+                    response.content  # noqa: B018 - read while open: the error message quotes it
                     response.raise_for_status()
                 boundary = boundary_from_content_type(response.headers.get("Content-Type", ""))
                 response.raw.decode_content = True
@@ -304,7 +323,7 @@ class DICOMwebHTTPClient:
                     reader.close()
         except requests.HTTPError as exc:
             raise _http_error(name, self.url, exc, path) from exc
-        except requests.RequestException as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:  # urllib3's: from response.raw
             raise DICOMwebError(f"{name}: cannot reach the DICOMweb server at {self.url}: {exc}",
                                 url=self.url) from exc
 

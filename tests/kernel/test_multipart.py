@@ -102,3 +102,32 @@ def test_native_parts_decode_exactly_and_pickle(tmp_path):
         assert pickle.loads(pickle.dumps(got)).SOPInstanceUID == original.SOPInstanceUID
         assert (got.pixel_array == original.pixel_array).all()
         assert got.SOPInstanceUID == original.SOPInstanceUID
+
+
+@pytest.mark.parametrize("cut", [2, 3, 6])
+def test_a_message_cut_after_a_boundary_raises(cut):
+    """Cut just after a boundary (before "--" or the line end): an error, never fewer parts."""
+    data = _message([b"a" * 100, b"b" * 100])
+    second = data.index(b"--xyzBOUNDARY", 10) + len(b"--xyzBOUNDARY")
+    for stream in (io.BytesIO(data[: second + cut - 2]), _Trickle(data[: second + cut - 2], 5)):
+        with pytest.raises(DICOMwebError, match="closing boundary|headers"):
+            list(iter_parts(stream, b"xyzBOUNDARY"))
+    closing = data.rindex(b"--xyzBOUNDARY--") + len(b"--xyzBOUNDARY")
+    with pytest.raises(DICOMwebError, match="closing boundary"):
+        list(iter_parts(io.BytesIO(data[:closing]), b"xyzBOUNDARY"))
+
+
+def test_pixel_data_tag_bytes_inside_a_header_value_are_not_taken_for_pixel_data(tmp_path):
+    from medimg_kernel.multipart import Part
+
+    ds = small_ct_series(seed=10)[0]
+    ds.add_new(0x00091010, "LO", "MEDIMG")  # private creator
+    ds.add_new(0x00091011, "OB", b"\xe0\x7f\x10\x00OW\x00\x00" + (1 << 20).to_bytes(4, "little"))
+    path = tmp_path / "p.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    body = path.read_bytes()[132:]
+    (part,) = iter_parts(io.BytesIO(_message([body], boundary=b"QQ")), b"QQ")
+    assert isinstance(part, Part) and part.pixels is not None and part.tobytes() == body
+    got = dataset_from_part(part, 0)
+    assert got[0x00091011].value == ds[0x00091011].value
+    assert (got.pixel_array == ds.pixel_array).all()
