@@ -310,7 +310,7 @@ def _read_native(part: Part) -> Dataset | None:
     """The header read on its own, ``part.pixels`` as PixelData; None when that does not apply."""
     header = part.head[:-PIXEL_DATA_ELEMENT_HEADER_BYTES]
     vr = part.head[-8:-6].decode("ascii")
-    ds = read_header(header)
+    ds = read_header(header, exact_end=True)
     if ds is None:
         fp = BytesIO(header)
         ds = pydicom.dcmread(fp, force=header[128:132] != b"DICM", stop_before_pixels=True)

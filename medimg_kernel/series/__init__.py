@@ -2,14 +2,14 @@
 
 * :mod:`.read`: :func:`read_series` (collecting headers, checking and stacking instances) and
   :func:`read_headers` (the headers of files, e.g. a SEG's source instances).
-* :mod:`.headers`: a DICOM file's header parsed from its first bytes (``read_headers``' fast path).
 * :mod:`.instance`: :class:`~.instance.Instance`, one source instance's header and attributes.
 * :mod:`.geometry`: slice order, spacing, direction and their tolerance constants.
 * :mod:`.pixels`: reading and rescaling the pixel data.
 
-Modules here import from each other only in that direction (``read`` → ``headers`` / ``geometry`` /
+Modules here import from each other only in that direction (``read`` → ``geometry`` /
 ``pixels`` → ``instance``) and, outside this package, only :mod:`medimg_kernel.errors`,
-:mod:`medimg_kernel.volume`, :mod:`medimg_kernel.collector` and :mod:`medimg_kernel.dicomweb`; never :mod:`medimg_hub`.
+:mod:`medimg_kernel.volume`, :mod:`medimg_kernel.collector`, :mod:`medimg_kernel.dicom_header` and
+:mod:`medimg_kernel.dicomweb`; never :mod:`medimg_hub`.
 """
 
 from .geometry import GAP_FACTOR, INPLANE_RTOL, ORIENTATION_ATOL, POSITION_ATOL_MM, SPACING_RTOL

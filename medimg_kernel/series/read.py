@@ -32,6 +32,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
 from ..collector import collector_paused
+from ..dicom_header import NEED_MORE, read_header
 from ..dicomweb import DICOMwebProtocol
 from ..errors import (
     ConfigurationError,
@@ -44,7 +45,6 @@ from ..errors import (
 )
 from ..volume import Volume
 from .geometry import StackGeometry, stack_geometry
-from .headers import NEED_MORE, parse_header
 from .instance import TEXT_TAGS, US_TAGS, Instance
 from .pixels import PIXEL_DATA, raw_pixel_offset, read_pixels, rescale_of
 
@@ -132,7 +132,7 @@ def read_headers(files: Sequence[str | os.PathLike[str]]) -> list[Dataset]:
     ``pydicom.dcmread(path, stop_before_pixels=True)`` for each file, but faster for the common
     case: each file is read with one bounded read (:data:`HEADER_READ_BYTES`, read on when the
     header is longer) and explicit VR little endian headers are parsed from those bytes
-    (:func:`medimg_kernel.series.headers.parse_header`); other files (implicit VR, big endian,
+    (:func:`medimg_kernel.dicom_header.read_header`); other files (implicit VR, big endian,
     deflated, undefined-length sequences, no file meta) are read by pydicom.
 
     Parameters
@@ -162,14 +162,14 @@ def read_headers(files: Sequence[str | os.PathLike[str]]) -> list[Dataset]:
 
 
 def _header_from_file(path: Path) -> Dataset:
-    """One file's header: bounded reads parsed by ``parse_header``, else ``dcmread``."""
+    """One file's header: bounded reads parsed by ``read_header``, else ``dcmread``."""
     try:
         with open(path, "rb") as fp:
             requested = HEADER_READ_BYTES
             data = fp.read(requested)
             if not data:
                 raise DicomFileError(path, "empty file (0 bytes), not DICOM")
-            while (ds := parse_header(data, str(path), at_eof=len(data) < requested)) is NEED_MORE:
+            while (ds := read_header(data, filename=str(path), complete=len(data) < requested)) is NEED_MORE:
                 requested *= 4
                 data += fp.read(requested - len(data))
             if ds is None:

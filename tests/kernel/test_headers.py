@@ -1,4 +1,4 @@
-"""Tests of medimg_kernel.series.read_headers (and its fast path, series.headers.parse_header).
+"""Tests of medimg_kernel.series.read_headers (and its fast path, dicom_header.read_header).
 
 The fast path must return what ``pydicom.dcmread(path, stop_before_pixels=True)`` returns: the same
 raw elements (tag, VR, length, value bytes, file offset), file meta, preamble, filename and
@@ -21,7 +21,7 @@ from pydicom.uid import generate_uid
 from medimg_kernel.collector import collector_paused
 from medimg_kernel.errors import ConfigurationError, DicomFileError
 from medimg_kernel.series import read_headers, read_series
-from medimg_kernel.series.headers import NEED_MORE, parse_header
+from medimg_kernel.dicom_header import NEED_MORE, read_header
 from medimg_kernel.series.read import HEADER_READ_BYTES
 from medimg_kernel.synthetic import SyntheticPatient, ct_series_from_volume
 from medimg_kernel.volume import Volume
@@ -58,7 +58,7 @@ def test_same_as_pydicom_in_order_given(ct_files: list[Path]) -> None:
     for ds, path in zip(headers, reversed(ct_files)):
         assert_same_as_pydicom(ds, path)
         assert "PixelData" not in ds and ds.Rows == 8
-    assert parse_header(ct_files[0].read_bytes(), str(ct_files[0]), at_eof=True) is not None  # the fast path
+    assert read_header(ct_files[0].read_bytes(), filename=str(ct_files[0])) is not None  # the fast path
 
 
 def test_header_longer_than_the_first_read(ct_files: list[Path], tmp_path: Path) -> None:
@@ -68,7 +68,7 @@ def test_header_longer_than_the_first_read(ct_files: list[Path], tmp_path: Path)
     path = tmp_path / "long.dcm"
     ds.save_as(path, enforce_file_format=True)
     data = path.read_bytes()
-    assert parse_header(data[:HEADER_READ_BYTES], str(path), at_eof=False) is NEED_MORE
+    assert read_header(data[:HEADER_READ_BYTES], filename=str(path), complete=False) is NEED_MORE
     (header,) = read_headers([path])
     assert_same_as_pydicom(header, path)
     assert len(header[0x00091010].value) == HEADER_READ_BYTES * 2
