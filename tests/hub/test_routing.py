@@ -46,6 +46,7 @@ def test_images_are_told_from_other_objects():
 @pytest.mark.parametrize(("toml", "message"), [
     ('[receiver]\nport = 11112\n', "senders is empty"),
     ('[receiver]\nport = 11112\nsenders = ["CT01"]\n', "must be 'AETITLE@host'"),
+    ('[receiver]\nmax_pdu_bytes = 1024\n', "max_pdu_bytes=1024 must be 0 \\(no limit\\) or at least 4096"),
     ('[receiver]\ndefault_dataset = "nope"\n', "default_dataset='nope' is not a \\[\\[datasets\\]\\] name"),
     ('[[routes]]\ndataset = "nope"\n', "dataset='nope' is not a \\[\\[datasets\\]\\] name"),
     ('[[routes]]\ndataset = "site-a"\nmatch = ["Colour=red"]\n', "'Colour' is not a DICOM attribute keyword"),
