@@ -52,7 +52,26 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 Timeout = float | tuple[float | None, float | None] | None
 
 
-class SocketBody:
+class _PendingFirst:
+    """A body whose peeks may have consumed bytes into ``_pending``: ``read`` serves those first,
+    then fresh bytes from :meth:`_fresh`."""
+
+    _pending: bytes = b""
+
+    def _fresh(self, n: int) -> bytes:
+        raise NotImplementedError
+
+    def read(self, n: int) -> bytes:
+        if not self._pending:
+            return self._fresh(n)
+        if len(self._pending) >= n:
+            out, self._pending = self._pending[:n], self._pending[n:]
+            return out
+        head, self._pending = self._pending, b""
+        return head + self._fresh(n - len(head))
+
+
+class SocketBody(_PendingFirst):
     """The body of a response read from a socket: ``length`` bytes, or until the server closes.
 
     A ``peek`` of up to :data:`SOCKET_PEEK_MAX_BYTES` that the received bytes satisfy uses
@@ -90,7 +109,7 @@ class SocketBody:
         except OSError as exc:
             raise requests.exceptions.ConnectionError(f"connection to {self._url} broken: {exc}") from exc
 
-    def _consume(self, n: int) -> bytes:
+    def _fresh(self, n: int) -> bytes:
         """Up to ``n`` bytes of the body from the socket (fewer only at its end)."""
         n = self._limit(n)
         if n <= 0 or self._eof:
@@ -129,7 +148,7 @@ class SocketBody:
             data = self._recv(want, socket.MSG_PEEK)
             if len(data) == want:
                 return data
-        self._pending += self._consume(n - len(self._pending))
+        self._pending += self._fresh(n - len(self._pending))
         return self._pending[:n]
 
     def peek_some(self, n: int) -> bytes:
@@ -141,14 +160,6 @@ class SocketBody:
             return b""
         return self._recv(want, socket.MSG_PEEK)
 
-    def read(self, n: int) -> bytes:
-        if not self._pending:
-            return self._consume(n)
-        if len(self._pending) >= n:
-            out, self._pending = self._pending[:n], self._pending[n:]
-            return out
-        head, self._pending = self._pending, b""
-        return head + self._consume(n - len(head))
 
 
 def read_through(raw: SocketBody, marker: bytes, limit: int) -> bytes | None:
@@ -172,7 +183,7 @@ def read_through(raw: SocketBody, marker: bytes, limit: int) -> bytes | None:
         window = more
 
 
-class ChunkedBody:
+class ChunkedBody(_PendingFirst):
     """A body in chunked transfer coding (RFC 9112 §7.1), decoded; reads within a chunk are direct."""
 
     def __init__(self, raw: SocketBody, url: str) -> None:
@@ -216,7 +227,8 @@ class ChunkedBody:
             self._done = True
         self._chunk_left = size
 
-    def _decoded(self, n: int) -> bytes:
+    def _fresh(self, n: int) -> bytes:
+        """Up to ``n`` decoded bytes (fewer only at the body's end)."""
         pieces = []
         while n > 0:
             if self._chunk_left == 0:
@@ -241,7 +253,7 @@ class ChunkedBody:
                 self._next_chunk()
             if self._chunk_left >= n:
                 return self._raw.peek(n)
-        self._pending += self._decoded(n - len(self._pending))
+        self._pending += self._fresh(n - len(self._pending))
         return self._pending[:n]
 
     def peek_some(self, n: int) -> bytes:
@@ -251,14 +263,6 @@ class ChunkedBody:
             self._next_chunk()
         return self._raw.peek_some(min(n, self._chunk_left)) if self._chunk_left else b""
 
-    def read(self, n: int) -> bytes:
-        if not self._pending:
-            return self._decoded(n)
-        if len(self._pending) >= n:
-            out, self._pending = self._pending[:n], self._pending[n:]
-            return out
-        head, self._pending = self._pending, b""
-        return head + self._decoded(n - len(head))
 
 
 class HTTPStream:
