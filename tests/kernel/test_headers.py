@@ -25,6 +25,7 @@ from medimg_kernel.dicom_header import NEED_MORE, read_header
 from medimg_kernel.series.read import HEADER_READ_BYTES
 from medimg_kernel.synthetic import SyntheticPatient, ct_series_from_volume
 from medimg_kernel.volume import Volume
+from tests.series_factory import not_dicom_files
 
 
 def assert_same_as_pydicom(ds: Dataset, path: Path) -> None:
@@ -94,12 +95,7 @@ def test_pydicom_test_files_match_dcmread(name: str) -> None:
 
 
 def test_not_dicom_files_give_read_series_errors(tmp_path: Path, ct_files: list[Path]) -> None:
-    random_file = tmp_path / "random.dcm"
-    random_file.write_bytes(np.random.default_rng(5).bytes(4096))
-    empty = tmp_path / "empty.dcm"
-    empty.touch()
-    text = tmp_path / "notes.txt"
-    text.write_text("not an image\n" * 50)
+    random_file, empty, text = not_dicom_files(tmp_path)
     truncated = tmp_path / "truncated.dcm"
     truncated.write_bytes(ct_files[0].read_bytes()[:300])  # inside the header
     for path in (random_file, empty, text, tmp_path / "missing.dcm", truncated):

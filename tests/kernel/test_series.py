@@ -45,6 +45,7 @@ from medimg_kernel.errors import (
 from medimg_kernel.series import read_series
 from medimg_kernel.synthetic import SyntheticPatient, ct_series_from_volume
 from medimg_kernel.volume import Volume
+from tests.series_factory import not_dicom_files
 
 AXIAL = np.array([[0.0, 0, 1], [0, 1, 0], [1, 0, 0]])  # z = S, y = P, x = L: IOP [1,0,0, 0,1,0]
 SAGITTAL = np.array([[-1.0, 0, 0], [0, 0, -1], [0, 1, 0]])  # IOP [0,1,0, 0,0,-1]
@@ -436,12 +437,7 @@ def test_pydicom_malformed_and_non_image_files(name: str, error: type[Exception]
 
 
 def test_not_dicom_files(tmp_path: Path) -> None:
-    random_file = tmp_path / "random.dcm"
-    random_file.write_bytes(np.random.default_rng(5).bytes(4096))
-    empty = tmp_path / "empty.dcm"
-    empty.touch()
-    text = tmp_path / "notes.txt"
-    text.write_text("not an image\n" * 50)
+    random_file, empty, text = not_dicom_files(tmp_path)
     for path in (random_file, empty, text):
         with pytest.raises(DicomFileError) as info:
             read_series(path)
