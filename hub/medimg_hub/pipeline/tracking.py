@@ -16,9 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medimg_hub.tracking.accounts import AdminApi, TrackingAccessError, dataset_experiment
-
-_REST = "api/2.0/mlflow"
+from medimg_hub.tracking.accounts import REST_API, AdminApi, TrackingAccessError, dataset_experiment
 
 log = logging.getLogger(__name__)
 
@@ -55,21 +53,21 @@ def log_job_run(
     request = {"start_time": start_ms, "run_name": tags["mlflow.runName"], "user_id": owner,
                "tags": [{"key": k, "value": v} for k, v in tags.items()]}
     try:  # user_id follows the mlflow.user tag
-        run = api.call("POST", f"{_REST}/runs/create", json={**request, "experiment_id": _experiments.id(api, name, datasets)})
+        run = api.call("POST", f"{REST_API}/runs/create", json={**request, "experiment_id": _experiments.id(api, name, datasets)})
     except TrackingAccessError:  # the cached experiment was deleted or renamed meanwhile: look it up again
         _experiments.forget(api, name)
-        run = api.call("POST", f"{_REST}/runs/create", json={**request, "experiment_id": _experiments.id(api, name, datasets)})
+        run = api.call("POST", f"{REST_API}/runs/create", json={**request, "experiment_id": _experiments.id(api, name, datasets)})
     run_id, artifact_uri = run["run"]["info"]["run_id"], run["run"]["info"]["artifact_uri"]
     params = [{"key": k, "value": str(v)[:_MAX_PARAM_CHARS]} for k, v in parameters.items() if k != "medimg_job"]
     metrics = [{"key": k, "value": float(v), "timestamp": start_ms, "step": 0}
                for k, v in (outputs.get("metrics") or {}).items() if isinstance(v, (int, float))]
     extra = [{"key": f"medimg.output.{k}", "value": str(v)[:_MAX_PARAM_CHARS]} for k, v in outputs.items() if k != "metrics"]
-    api.call("POST", f"{_REST}/runs/log-batch", json={"run_id": run_id, "metrics": metrics, "params": params, "tags": extra})
+    api.call("POST", f"{REST_API}/runs/log-batch", json={"run_id": run_id, "metrics": metrics, "params": params, "tags": extra})
     if notebook is not None and notebook.exists():
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
         get_artifact_repository(artifact_uri, tracking_uri=api.url).log_artifact(str(notebook), "notebook")
-    api.call("POST", f"{_REST}/runs/update", json={"run_id": run_id, "end_time": int(time.time() * 1000),
+    api.call("POST", f"{REST_API}/runs/update", json={"run_id": run_id, "end_time": int(time.time() * 1000),
                                                     "status": "FINISHED" if status == "succeeded" else "FAILED"})
     return run_id
 

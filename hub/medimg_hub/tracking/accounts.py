@@ -56,7 +56,8 @@ REAPPLY_S = 60.0
 #: Seconds for each call to MLflow's admin API.
 ADMIN_TIMEOUT_S = 30.0
 
-_REST = "api/2.0/mlflow"
+#: MLflow's REST API (2.0) below the server's root.
+REST_API = "api/2.0/mlflow"
 _REST3 = "api/3.0/mlflow"
 
 
@@ -113,10 +114,10 @@ class AdminApi:
 
     def users(self) -> list[tuple[str, bool]]:
         """(username, is_admin) of every account."""
-        return [(u["username"], bool(u.get("is_admin"))) for u in self.call("GET", f"{_REST}/users/list").get("users", [])]
+        return [(u["username"], bool(u.get("is_admin"))) for u in self.call("GET", f"{REST_API}/users/list").get("users", [])]
 
     def create_user(self, username: str, password: str) -> None:
-        self.call("POST", f"{_REST}/users/create", json={"username": username, "password": password},
+        self.call("POST", f"{REST_API}/users/create", json={"username": username, "password": password},
                   ok={"RESOURCE_ALREADY_EXISTS"})
 
     def grant(self, username: str, experiment_id: str, permission: str) -> None:
@@ -139,7 +140,7 @@ class AdminApi:
         found: dict[str, frozenset[str]] = {}
         token: str | None = None
         while True:
-            body = self.call("POST", f"{_REST}/experiments/search", json={
+            body = self.call("POST", f"{REST_API}/experiments/search", json={
                 "max_results": 1000, "view_type": "ALL", "filter": f"tags.`{DATASET_TAG}` LIKE '%'",
                 **({"page_token": token} if token else {})})
             for experiment in body.get("experiments", []):
@@ -169,7 +170,7 @@ def dataset_experiment(api: AdminApi, name: str, datasets: Iterable[str]) -> str
     wanted = frozenset(datasets)
     if not wanted:
         raise TrackingAccessError(f"experiment {name!r}: a dataset experiment needs at least one dataset")
-    body = api.call("GET", f"{_REST}/experiments/get-by-name", params={"experiment_name": name},
+    body = api.call("GET", f"{REST_API}/experiments/get-by-name", params={"experiment_name": name},
                     ok={"RESOURCE_DOES_NOT_EXIST"})
     experiment = body.get("experiment")
     if experiment is not None:
@@ -180,7 +181,7 @@ def dataset_experiment(api: AdminApi, name: str, datasets: Iterable[str]) -> str
                 f"{tags.get(DATASET_TAG, '')!r}, not {','.join(sorted(wanted))!r}: it was not made by the platform; "
                 "rename or delete it in MLflow")
         return str(experiment["experiment_id"])
-    created = api.call("POST", f"{_REST}/experiments/create", ok={"RESOURCE_ALREADY_EXISTS"}, json={
+    created = api.call("POST", f"{REST_API}/experiments/create", ok={"RESOURCE_ALREADY_EXISTS"}, json={
         "name": name, "tags": [{"key": DATASET_TAG, "value": ",".join(sorted(wanted))}]})
     if "experiment_id" not in created:  # created meanwhile by another worker: check its tags
         return dataset_experiment(api, name, wanted)
@@ -283,11 +284,11 @@ def rename_dataset_experiments(api: AdminApi, old: str, new: str) -> int:
         if old not in datasets:
             continue
         value = ",".join(sorted((datasets - {old}) | {new}))
-        api.call("POST", f"{_REST}/experiments/set-experiment-tag", json={
+        api.call("POST", f"{REST_API}/experiments/set-experiment-tag", json={
             "experiment_id": experiment_id, "key": DATASET_TAG, "value": value})
-        name = api.call("GET", f"{_REST}/experiments/get", params={"experiment_id": experiment_id})["experiment"]["name"]
+        name = api.call("GET", f"{REST_API}/experiments/get", params={"experiment_id": experiment_id})["experiment"]["name"]
         if name.startswith(RESERVED_EXPERIMENT_PREFIXES) and name.endswith(f"/{old}"):
-            api.call("POST", f"{_REST}/experiments/update", json={
+            api.call("POST", f"{REST_API}/experiments/update", json={
                 "experiment_id": experiment_id, "new_name": name[: -len(old)] + new})
         changed += 1
     return changed
